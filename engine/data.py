@@ -1,0 +1,137 @@
+"""Small data sets as arrays. Nothing here downloads: data are generated, shipped with
+the package (`engine/datasets/digits.npz`, scikit-learn's copy of the UCI digits), or
+read from a file the user names.
+
+A `Dataset` holds `x: [n, ...]`, `y: [n, d_out]` (float targets for MSE, one-hot
+for classification) and optionally a test split `x_test`, `y_test`.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import ConfigError, require
+
+
+class Dataset(NamedTuple):
+    x: jax.Array
+    y: jax.Array
+    x_test: jax.Array | None = None
+    y_test: jax.Array | None = None
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+
+def _as_dataset(x, y, x_test=None, y_test=None) -> Dataset:
+    as_2d = lambda a: None if a is None else jnp.asarray(a, jnp.float32).reshape(a.shape[0], -1)
+    return Dataset(jnp.asarray(x, jnp.float32), as_2d(np.asarray(y)),
+                   None if x_test is None else jnp.asarray(x_test, jnp.float32),
+                   None if y_test is None else as_2d(np.asarray(y_test)))
+
+
+def luo_points() -> Dataset:
+    """The three 1-D points of Luo et al. 2021: x = (-0.5, 0, 0.5), y = (-0.5, 0, 1)."""
+    return _as_dataset(np.array([[-0.5], [0.0], [0.5]]), np.array([-0.5, 0.0, 1.0]))
+
+
+def chebyshev(k: int, n: int) -> Dataset:
+    """`n` points evenly on [-1, 1] with target T_k(x) = cos(k arccos x)
+    ("chebyshev-k-n" of Cohen et al. 2021)."""
+    require(isinstance(k, int) and k >= 0, "k", f"got {k!r}", "use an integer degree >= 0")
+    require(isinstance(n, int) and n >= 1, "n", f"got {n!r}", "use an integer number of points >= 1")
+    x = np.linspace(-1.0, 1.0, n)
+    return _as_dataset(x[:, None], np.polynomial.chebyshev.chebval(x, [0] * k + [1]))
+
+
+def sines(frequencies=(1, 4), n: int = 64, interval=(-np.pi, np.pi), amplitudes=None,
+          n_test: int = 0) -> Dataset:
+    """Sum of sines f(x) = sum_j A_j sin(k_j x) at `n` evenly spaced points of
+    `interval` (and `n_test` of them as a test grid)."""
+    require(len(frequencies) >= 1, "frequencies", "empty", "give at least one frequency")
+    require(n >= 1, "n", f"got {n}", "use n >= 1")
+    amps = np.ones(len(frequencies)) if amplitudes is None else np.asarray(amplitudes, float)
+    f = lambda x: sum(a * np.sin(k * x) for a, k in zip(amps, frequencies))
+    x = np.linspace(*interval, n)
+    xt = np.linspace(*interval, n_test) if n_test else None
+    return _as_dataset(x[:, None], f(x), None if xt is None else xt[:, None],
+                       None if xt is None else f(xt))
+
+
+def teacher(model, n: int, seed: int = 0, n_test: int = 0, input_dim: int | None = None,
+            params=None) -> Dataset:
+    """Inputs x ~ N(0, I) and targets y = teacher(x) of a `Model` (its default init
+    drawn from `seed` unless `params` are given)."""
+    d = input_dim or (model.layer_shapes[0][0] if model.layer_shapes else None)
+    require(d is not None, "input_dim", "cannot infer the teacher's input dimension",
+            "pass input_dim")
+    kp, kx, kt = jax.random.split(jax.random.key(seed), 3)
+    params = model.init(kp) if params is None else params
+    x = jax.random.normal(kx, (n, d))
+    xt = jax.random.normal(kt, (n_test, d)) if n_test else None
+    return Dataset(x, model.apply(params, x), xt, None if xt is None else model.apply(params, xt))
+
+
+def one_hot(labels, classes: int) -> np.ndarray:
+    return np.eye(classes, dtype=np.float32)[np.asarray(labels, int)]
+
+
+def digits(n_train: int | None = None, standardize: bool = True) -> Dataset:
+    """scikit-learn's 8x8 digits (1797 images, 64 features, 10 classes), shipped with
+    the package. Features standardized (per pixel, train statistics), one-hot targets;
+    the first `n_train` examples train, the rest test (all train if None)."""
+    with resources.files("engine.datasets").joinpath("digits.npz").open("rb") as f:
+        raw = np.load(f)
+        x, labels = raw["images"].astype(np.float32), raw["labels"]
+    n_train = x.shape[0] if n_train is None else n_train
+    require(1 <= n_train <= x.shape[0], "n_train", f"got {n_train}",
+            f"use 1 <= n_train <= {x.shape[0]}")
+    if standardize:
+        mu, sd = x[:n_train].mean(0), x[:n_train].std(0)
+        x = (x - mu) / np.where(sd > 0, sd, 1.0)
+    y = one_hot(labels, 10)
+    rest = n_train < x.shape[0]
+    return _as_dataset(x[:n_train], y[:n_train], x[n_train:] if rest else None,
+                       y[n_train:] if rest else None)
+
+
+def from_npz(path, n: int | None = None, n_test: int | None = None, classes: int | None = None,
+             flatten: bool = False) -> Dataset:
+    """The user's own arrays: an .npz with `x_train`, `y_train` and optionally `x_test`,
+    `y_test` (e.g. a CIFAR-10 file they have). Integer labels `[n]` become one-hot
+    targets (`classes` inferred if not given); `n` / `n_test` keep the first examples;
+    `flatten` reshapes images to vectors."""
+    path = os.fspath(path)
+    require(os.path.isfile(path), "path", f"no file at {path!r}", "give the path of an .npz file")
+    try:
+        raw = dict(np.load(path))
+    except Exception as e:  # numpy raises several types for a bad file
+        raise ConfigError("path", f"cannot read {path!r} as .npz ({e})",
+                          "save it with numpy.savez(path, x_train=..., y_train=...)") from None
+    for k in ("x_train", "y_train"):
+        require(k in raw, "path", f"{path!r} has no array {k!r} (it has {sorted(raw)})",
+                "save it with numpy.savez(path, x_train=..., y_train=...)")
+    x, y = raw["x_train"], raw["y_train"]
+    require(x.shape[0] == y.shape[0], "y_train",
+            f"{y.shape[0]} targets for {x.shape[0]} inputs", "give one target per input")
+    xt, yt = raw.get("x_test"), raw.get("y_test")
+    integer = np.issubdtype(y.dtype, np.integer) and y.ndim == 1
+    if integer:
+        classes = classes or int(max(y.max(), -1 if yt is None else yt.max())) + 1
+        y = one_hot(y, classes)
+        yt = None if yt is None else one_hot(yt, classes)
+    if n is not None:
+        require(1 <= n <= x.shape[0], "n", f"got {n}", f"use 1 <= n <= {x.shape[0]}")
+        x, y = x[:n], y[:n]
+    if xt is not None and n_test is not None:
+        xt, yt = xt[:n_test], yt[:n_test]
+    if flatten:
+        x = x.reshape(x.shape[0], -1)
+        xt = None if xt is None else xt.reshape(xt.shape[0], -1)
+    return _as_dataset(x, y, xt, yt)

@@ -1,0 +1,155 @@
+"""Initialization scale as data.
+
+An `Initializer(name, defaults, sample)` draws parameters with `sample(key, hparams)`,
+where `hparams` is a dict of scalars that may be traced (so `jax.vmap` runs a whole
+grid of initialization scales at once); `defaults` names the hyperparameters it reads
+and their values when a sweep does not set them.
+
+MLP schemes draw W_l = std_l * Z with Z ~ N(0, 1) in the layout of `engine.models.mlp`:
+- `scaled`:      the model's own init, times `init_scale` (any model, flax ones too);
+- `standard`:    LeCun / He / Xavier, std = init_scale * sqrt(gain / fan), biases 0;
+- `width_power`: std_l = m^-gamma (per layer: `gamma_0`, `gamma_1`, ...), m the hidden
+                 width of the layer, biases drawn like the weights they sit with;
+- `luo`:         two-layer (gamma, gamma') of Luo et al. 2021 (JMLR 22(71));
+- `antisymmetric(scheme)`: mirrors the last hidden layer with negated output weights,
+                 so f(x; theta_0) = 0 exactly (Zhang et al. 2020, Luo et al. 2021).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from engine.errors import ConfigError, require
+from engine.models import Model
+
+
+class Initializer(NamedTuple):
+    name: str
+    defaults: dict
+    sample: Callable[[jax.Array, dict], Any]
+
+
+def _require_mlp(model: Model, scheme: str) -> None:
+    require(model.layer_shapes is not None, "init",
+            f"the '{scheme}' scheme needs an MLP (engine.models.mlp), got {model.name!r}",
+            "use engine.init.scaled for other models")
+
+
+def _normal_layers(key, model: Model, w_std, b_std):
+    """Layers {"w": w_std[l] * Z, "b": b_std[l] * Z} with Z ~ N(0, 1)."""
+    keys = jax.random.split(key, len(model.layer_shapes))
+    out = []
+    for l, (k, (fan_in, fan_out)) in enumerate(zip(keys, model.layer_shapes)):
+        kw, kb = jax.random.split(k)
+        layer = {"w": w_std[l] * jax.random.normal(kw, (fan_in, fan_out))}
+        if model.bias[l]:
+            layer["b"] = b_std[l] * jax.random.normal(kb, (fan_out,))
+        out.append(layer)
+    return tuple(out)
+
+
+def hidden_width(model: Model, layer: int) -> int:
+    """m_l: the hidden width layer `layer` touches (fan_out of the input layer,
+    fan_in of every later one)."""
+    fan_in, fan_out = model.layer_shapes[layer]
+    return fan_out if layer == 0 else fan_in
+
+
+def scaled(model: Model) -> Initializer:
+    """theta_0 = init_scale * (the model's default draw). Any model."""
+    def sample(key, hp):
+        return jax.tree.map(lambda p: hp["init_scale"] * p, model.init(key))
+    return Initializer("scaled", {"init_scale": 1.0}, sample)
+
+
+_GAINS = {"lecun": (1.0, "in"), "he": (2.0, "in"), "xavier": (2.0, "avg")}
+
+
+def standard(model: Model, kind: str = "lecun") -> Initializer:
+    """std_l = init_scale * sqrt(gain / fan): LeCun (1, fan_in), He (2, fan_in),
+    Xavier/Glorot (2, fan_in + fan_out); biases zero."""
+    _require_mlp(model, "standard")
+    if kind not in _GAINS:
+        raise ConfigError("init.kind", f"unknown value {kind!r}", f"use one of {', '.join(_GAINS)}")
+    gain, fan = _GAINS[kind]
+    fans = [fi if fan == "in" else fi + fo for fi, fo in model.layer_shapes]
+
+    def sample(key, hp):
+        w_std = [hp["init_scale"] * math.sqrt(gain / f) for f in fans]
+        return _normal_layers(key, model, w_std, [0.0] * len(fans))
+    return Initializer(f"standard-{kind}", {"init_scale": 1.0}, sample)
+
+
+def width_power(model: Model, per_layer: bool = False, gamma: float = 1.0) -> Initializer:
+    """std_l = m_l^(-gamma_l) for weights and biases of layer l (m_l: `hidden_width`).
+
+    One `gamma` for every layer, or with `per_layer=True` one `gamma_l` per layer
+    (Zhou et al. 2022, three-layer phase diagram).
+    """
+    _require_mlp(model, "width_power")
+    n = len(model.layer_shapes)
+    names = [f"gamma_{l}" for l in range(n)] if per_layer else ["gamma"] * n
+    widths = [float(hidden_width(model, l)) for l in range(n)]
+
+    def sample(key, hp):
+        std = [jnp.power(m, -hp[g]) for m, g in zip(widths, names)]
+        return _normal_layers(key, model, std, std)
+    return Initializer("width_power", {g: gamma for g in names}, sample)
+
+
+def luo_betas(gamma, gamma_prime, width, alpha=1.0):
+    """(beta_1, beta_2) of Luo et al. 2021 for width m:
+    gamma = -log(beta1 beta2 / alpha) / log m,  gamma' = -log(beta1 / beta2) / log m,
+    so beta1 = sqrt(alpha) m^-(gamma + gamma')/2 and beta2 = sqrt(alpha) m^-(gamma - gamma')/2."""
+    m = float(width)
+    return (math.sqrt(alpha) * jnp.power(m, -(gamma + gamma_prime) / 2),
+            math.sqrt(alpha) * jnp.power(m, -(gamma - gamma_prime) / 2))
+
+
+def luo(model: Model, gamma: float = 1.0, gamma_prime: float = 0.0) -> Initializer:
+    """Two-layer f(x) = sum_k a_k phi(w_k . x + b_k) with a_k ~ N(0, beta1^2) and the
+    input weights including the bias (w_k, b_k) ~ N(0, beta2^2 I); hyperparameters
+    `gamma`, `gamma_prime` (Luo et al. 2021, with alpha = 1). An output bias, if the
+    model has one, starts at zero.
+    """
+    _require_mlp(model, "luo")
+    require(len(model.layer_shapes) == 2, "init",
+            f"the 'luo' scheme is for two-layer networks, got {len(model.layer_shapes)} layers",
+            "use widths=(d_in, m, d_out)")
+    m = hidden_width(model, 0)
+
+    def sample(key, hp):
+        beta1, beta2 = luo_betas(hp["gamma"], hp["gamma_prime"], m)
+        params = _normal_layers(key, model, [beta2, beta1], [beta2, 0.0])
+        return params
+    return Initializer("luo", {"gamma": gamma, "gamma_prime": gamma_prime}, sample)
+
+
+def antisymmetric(model: Model, scheme: Initializer) -> Initializer:
+    """Mirror the last hidden layer: units m/2..m copy units 0..m/2 (incoming weights
+    and bias) and their output weights are negated, and the output bias is zero, so
+    f(x; theta_0) = 0 for every x while the kernel at init is that of `scheme`."""
+    _require_mlp(model, "antisymmetric")
+    require(len(model.layer_shapes) >= 2, "init", "antisymmetric init needs a hidden layer",
+            "use widths with at least one hidden layer")
+    m = model.layer_shapes[-1][0]
+    require(m % 2 == 0, "widths", f"antisymmetric init needs an even last hidden width, got {m}",
+            "use an even width")
+    half = m // 2
+
+    def sample(key, hp):
+        params = list(scheme.sample(key, hp))
+        hidden = dict(params[-2])
+        hidden["w"] = jnp.concatenate([hidden["w"][:, :half]] * 2, axis=1)
+        if "b" in hidden:
+            hidden["b"] = jnp.concatenate([hidden["b"][:half]] * 2)
+        out = dict(params[-1])
+        out["w"] = jnp.concatenate([out["w"][:half], -out["w"][:half]], axis=0)
+        if "b" in out:
+            out["b"] = jnp.zeros_like(out["b"])
+        params[-2], params[-1] = hidden, out
+        return tuple(params)
+    return Initializer(f"antisymmetric-{scheme.name}", dict(scheme.defaults), sample)

@@ -1,0 +1,173 @@
+"""Pure models: `Model(init, apply)` pairs.
+
+`init(key) -> params` draws parameters at the model's default scale;
+`apply(params, x) -> y` maps a batch `x: [n, d_in]` (images: `[n, h, w, c]`) to
+`y: [n, d_out]`. Initialization scale as traced data lives in `engine.init`, which
+re-draws the same pytree with per-layer scales.
+
+MLP parameters are a tuple of layers, each `{"w": [fan_in, fan_out], "b": [fan_out]}`
+(no "b" without bias). Parameterizations (Jacot et al. 2018; Mei et al. 2018):
+
+- "standard":   h_{l+1} = phi(h_l W_l + b_l),                      W ~ N(0, 1/fan_in)
+- "ntk":        h_{l+1} = phi(h_l W_l / sqrt(fan_in) + b_l),       W ~ N(0, 1)
+- "mean_field": as "ntk", but the output layer is multiplied by 1/fan_in.
+
+Any model whose `init`/`apply` follow this contract works with the engine, e.g. a flax
+linen module wrapped by `from_flax` (the CNN of `cnn`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from engine.errors import ConfigError, choose, require
+
+
+class Model(NamedTuple):
+    """A pure model. `layer_shapes` ((fan_in, fan_out) per dense layer) and
+    `multipliers` (the static factor each layer's pre-activation is multiplied by)
+    and `bias` (whether each layer has one) are set for MLPs, whose initialization
+    `engine.init` can rescale per layer."""
+    init: Callable[[jax.Array], Any]
+    apply: Callable[[Any, jax.Array], jax.Array]
+    name: str = "model"
+    layer_shapes: tuple | None = None
+    multipliers: tuple | None = None
+    bias: tuple | None = None
+    out_dim: int | None = None
+
+
+def _xtanh(x):
+    return x * jnp.tanh(x)
+
+
+def _x2tanh(x):
+    return x * x * jnp.tanh(x)
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "softplus": jax.nn.softplus,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+    # The multiplicity family of Zhou et al. 2021 / Chen et al. 2023: multiplicity p
+    # means phi^(s)(0) = 0 for s < p; tanh has p = 1, x*tanh p = 2, x^2*tanh p = 3.
+    "xtanh": _xtanh,
+    "x2tanh": _x2tanh,
+}
+
+PARAMETERIZATIONS = ("standard", "ntk", "mean_field")
+
+
+def activation_function(name: str) -> Callable:
+    """The activation function called `name` (one of `ACTIVATIONS`)."""
+    return choose(name, ACTIVATIONS, "activation")
+
+
+def _layer_multipliers(layer_shapes, parameterization):
+    n = len(layer_shapes)
+    if parameterization == "standard":
+        return (1.0,) * n
+    fan_ins = [fan_in for fan_in, _ in layer_shapes]
+    mults = [1.0 / math.sqrt(f) for f in fan_ins]
+    if parameterization == "mean_field":
+        mults[-1] = 1.0 / fan_ins[-1]
+    return tuple(mults)
+
+
+def mlp(widths, activation: str = "relu", bias: bool = True,
+        parameterization: str = "standard", output_bias: bool | None = None) -> Model:
+    """A fully connected network with layer widths `widths = (d_in, h_1, ..., d_out)`.
+
+    x: [n, d_in] -> y: [n, d_out]; the activation is applied after every layer but
+    the last. Default init: W ~ N(0, 1/fan_in) for "standard", N(0, 1) otherwise;
+    biases zero. `output_bias` (default: `bias`) drops the last layer's bias, as in
+    f(x) = sum_k a_k phi(w_k . x + b_k) (Luo et al. 2021).
+    """
+    output_bias = bias if output_bias is None else output_bias
+    widths = tuple(widths) if not isinstance(widths, int) else (widths,)
+    require(len(widths) >= 2, "widths", f"got {widths!r}, which has fewer than 2 entries",
+            "give (d_in, hidden..., d_out), e.g. (1, 100, 1)")
+    for i, w in enumerate(widths):
+        require(isinstance(w, int) and not isinstance(w, bool) and w >= 1, f"widths[{i}]",
+                f"got {w!r}; every width must be an integer >= 1", "use a positive integer")
+    phi = activation_function(activation)
+    require(parameterization in PARAMETERIZATIONS, "parameterization",
+            f"unknown value {parameterization!r}", f"use one of {', '.join(PARAMETERIZATIONS)}")
+    shapes = tuple(zip(widths[:-1], widths[1:]))
+    has_bias = (bias,) * (len(shapes) - 1) + (output_bias,)
+    mults = _layer_multipliers(shapes, parameterization)
+
+    def init(key):
+        keys = jax.random.split(key, len(shapes))
+        layers = []
+        for k, (fan_in, fan_out) in zip(keys, shapes):
+            std = 1.0 / math.sqrt(fan_in) if parameterization == "standard" else 1.0
+            layer = {"w": std * jax.random.normal(k, (fan_in, fan_out))}
+            if has_bias[len(layers)]:
+                layer["b"] = jnp.zeros((fan_out,))
+            layers.append(layer)
+        return tuple(layers)
+
+    def apply(params, x):
+        h = x
+        for i, (layer, m) in enumerate(zip(params, mults)):
+            h = h @ layer["w"]
+            if m != 1.0:
+                h = m * h
+            if "b" in layer:
+                h = h + layer["b"]
+            if i < len(params) - 1:
+                h = phi(h)
+        return h
+
+    name = f"mlp{'-'.join(map(str, widths))}-{activation}"
+    return Model(init, apply, name, shapes, mults, has_bias, widths[-1])
+
+
+def from_flax(module, example_input, name: str | None = None, out_dim: int | None = None) -> Model:
+    """Wrap a flax linen module as a `Model`; `example_input: [n, ...]` fixes shapes."""
+    def init(key):
+        return module.init(key, example_input)["params"]
+
+    def apply(params, x):
+        return module.apply({"params": params}, x)
+
+    return Model(init, apply, name or type(module).__name__, out_dim=out_dim)
+
+
+def cnn(input_shape, channels=(16, 16), out_dim: int = 10, activation: str = "relu",
+        kernel: int = 3) -> Model:
+    """A small convolutional network (flax linen): conv layers with `channels`,
+    global average pooling, a dense readout. x: [n, h, w, c] -> y: [n, out_dim]."""
+    import flax.linen as nn
+
+    require(len(input_shape) == 3, "input_shape", f"got {input_shape!r}",
+            "give (height, width, channels)")
+    phi = activation_function(activation)
+
+    class CNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for c in channels:
+                x = phi(nn.Conv(c, (kernel, kernel))(x))
+            return nn.Dense(out_dim)(x.mean(axis=(1, 2)))
+
+    return from_flax(CNN(), jnp.zeros((1, *input_shape)), "cnn", out_dim)
+
+
+def layers(params) -> tuple[tuple[str, Any], ...]:
+    """The named layers of a parameter pytree: an MLP's tuple entries ("0", "1", ...)
+    or a flax dict's top-level submodules, in a fixed order."""
+    if isinstance(params, (tuple, list)):
+        return tuple((str(i), p) for i, p in enumerate(params))
+    if isinstance(params, dict):
+        return tuple((str(k), params[k]) for k in sorted(params))
+    raise ConfigError("params", f"cannot split a {type(params).__name__} into layers",
+                      "use a tuple of layers or a dict of submodules")

@@ -1,0 +1,91 @@
+"""Optax optimizers whose hyperparameters are traced values of a sweep.
+
+An `Optimizer(name, defaults, ranges, build)` builds an `optax.GradientTransformation`
+from a dict of (possibly traced, vmapped) scalars: `build(hparams)`. The names in
+`defaults` are the hyperparameters it reads; a sweep may set any of them per run.
+
+    gd        theta <- theta - lr g                                   (optax.sgd)
+    momentum  v <- g + momentum v;  theta <- theta - lr v             (heavy ball)
+    nesterov  Nesterov momentum (optax.sgd(nesterov=True))
+    adam      Kingma & Ba 2015 (b1, b2, eps, bias-corrected)
+    adamw     adam + decoupled weight decay (Loshchilov & Hutter 2019)
+    rmsprop   v <- decay v + (1 - decay) g^2; theta <- theta - lr g / (sqrt(v) + eps)
+    adagrad   Duchi et al. 2011
+    lion      Chen et al. 2023 (b1, b2, weight_decay)
+
+Full batch by default; minibatch SGD is `gd` with `batch_size` set in
+`engine.simulate.simulation` (a per-run key draws the batches).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import optax
+
+from engine.errors import ConfigError, choose
+
+
+class Optimizer(NamedTuple):
+    name: str
+    defaults: dict
+    ranges: dict  # name -> (low, high): the closed interval a value must lie in
+    build: Callable[[dict], optax.GradientTransformation]
+
+
+INF = math.inf
+_LR = (0.0, INF)
+_BETA = (0.0, 1.0)
+
+
+def _make(name, build, defaults, ranges):
+    def constructor(**overrides):
+        unknown = set(overrides) - set(defaults)
+        if unknown:
+            raise ConfigError(f"optimizer.{sorted(unknown)[0]}",
+                              f"'{name}' has no hyperparameter {sorted(unknown)[0]!r}",
+                              f"use one of {', '.join(defaults)}")
+        return Optimizer(name, {**defaults, **overrides}, ranges, build)
+    constructor.__name__ = name
+    constructor.__doc__ = f"The '{name}' optimizer; hyperparameters and defaults: {defaults}."
+    return constructor
+
+
+gd = _make("gd", lambda h: optax.sgd(h["lr"]), {"lr": 0.01}, {"lr": _LR})
+momentum = _make("momentum", lambda h: optax.sgd(h["lr"], momentum=h["momentum"]),
+                 {"lr": 0.01, "momentum": 0.9}, {"lr": _LR, "momentum": _BETA})
+nesterov = _make("nesterov", lambda h: optax.sgd(h["lr"], momentum=h["momentum"], nesterov=True),
+                 {"lr": 0.01, "momentum": 0.9}, {"lr": _LR, "momentum": _BETA})
+adam = _make("adam", lambda h: optax.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"]),
+             {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8},
+             {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF)})
+adamw = _make("adamw", lambda h: optax.adamw(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"],
+                                             weight_decay=h["weight_decay"]),
+              {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+              {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF), "weight_decay": (0.0, INF)})
+rmsprop = _make("rmsprop", lambda h: optax.rmsprop(h["lr"], decay=h["decay"], eps=h["eps"]),
+                {"lr": 1e-3, "decay": 0.9, "eps": 1e-8},
+                {"lr": _LR, "decay": _BETA, "eps": (0.0, INF)})
+adagrad = _make("adagrad", lambda h: optax.adagrad(h["lr"], eps=h["eps"]),
+                {"lr": 1e-2, "eps": 1e-7}, {"lr": _LR, "eps": (0.0, INF)})
+lion = _make("lion", lambda h: optax.lion(h["lr"], b1=h["b1"], b2=h["b2"],
+                                          weight_decay=h["weight_decay"]),
+             {"lr": 1e-4, "b1": 0.9, "b2": 0.99, "weight_decay": 0.0},
+             {"lr": _LR, "b1": _BETA, "b2": _BETA, "weight_decay": (0.0, INF)})
+
+OPTIMIZERS = {f.__name__: f for f in (gd, momentum, nesterov, adam, adamw, rmsprop, adagrad, lion)}
+
+
+def optimizer(name: str, **defaults) -> Optimizer:
+    """The optimizer called `name` with default hyperparameters overridden by `defaults`."""
+    return choose(name, OPTIMIZERS, "optimizer")(**defaults)
+
+
+def check_hyperparameter(opt: Optimizer, name: str, value: float) -> None:
+    """ConfigError unless `value` lies in the optimizer's range for `name`."""
+    if name not in opt.ranges:
+        return
+    lo, hi = opt.ranges[name]
+    if not (isinstance(value, (int, float)) and lo <= value <= hi) or (name == "lr" and value <= 0):
+        bound = "> 0" if name == "lr" else f"in [{lo}, {hi}]"
+        raise ConfigError(name, f"{opt.name} got {value!r}", f"use a number {bound}")
