@@ -1,0 +1,131 @@
+"""The experiment contract (DESIGN.md), shared by every module in `experiments/`:
+
+    python -m experiments.<name> [--preset quick|paper] [--out DIR] [--seeds N]
+                                 [--set key=value ...] [--x64] [--no-progress]
+
+An experiment module defines `NAME`, `PRESETS` ({"quick": {...}, "paper": {...}}: the
+full config as plain data), `run_sweep(config) -> xarray.Dataset`,
+`summarize(ds, config) -> dict` (the numbers the experiment exists for and each claim's
+verdict under "claims") and `figures(ds, config, out_dir) -> [paths]`. `run` resolves
+the config, runs the sweep, and writes into DIR: results.nc, config.json,
+summary.json and the figures, which are drawn from the saved results.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.metadata as md
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import ConfigError
+
+
+def parse_set(items, config: dict) -> dict:
+    """Apply `--set key=value` overrides; values are Python literals (numbers, lists,
+    strings). ConfigError for a malformed item or an unknown key."""
+    config = dict(config)
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError("--set", f"{item!r} has no '='", "write --set key=value, e.g. --set steps=500")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in config:
+            raise ConfigError("--set", f"unknown key {key!r}", f"use one of {', '.join(sorted(config))}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        old = config[key]
+        if isinstance(old, (int, float)) and not isinstance(old, bool):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise ConfigError(f"--set {key}", f"got {raw!r}, expected a number like {old!r}",
+                                  f"write --set {key}={old!r}")
+            value = type(old)(value) if isinstance(old, float) or float(value).is_integer() else value
+        elif isinstance(old, (list, tuple)) and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"--set {key}", f"got {raw!r}, expected a list like {list(old)!r}",
+                              f"write --set '{key}={list(old)!r}'")
+        config[key] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("jax", "jaxlib", "optax", "flax", "chex", "numpy", "xarray", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def run(module, config: dict, out_dir, progress: bool | None = None) -> dict:
+    """Run `module` with `config` and write the contract's files into `out_dir`;
+    returns the summary."""
+    import jax
+    from engine import sweep
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = jax.devices()[0]
+    _write_json(out / "config.json", {"experiment": module.NAME, "config": config,
+                                      "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
+                                      "device": f"{device.platform}:{device.device_kind}",
+                                      "device_count": jax.device_count()})
+    t0 = time.perf_counter()
+    ds = module.run_sweep({**config, "progress": progress})
+    elapsed = time.perf_counter() - t0
+    sweep.save(ds, out / "results.nc")
+    ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file
+    summary = {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config)}
+    _write_json(out / "summary.json", summary)
+    summary["figures"] = [str(p) for p in module.figures(ds, config, out)]
+    return summary
+
+
+def main(module, argv=None) -> dict:
+    """The command line of an experiment module (see the module docstring)."""
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{module.NAME}",
+                                description=(module.__doc__ or "").strip().splitlines()[0])
+    p.add_argument("--preset", default="quick", help=f"one of {', '.join(module.PRESETS)} (default quick)")
+    p.add_argument("--out", default=None, help=f"output folder (default runs/{module.NAME})")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. --set steps=500 (repeatable)")
+    p.add_argument("--x64", action="store_true", help="compute in float64")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        if args.preset not in module.PRESETS:
+            raise ConfigError("--preset", f"unknown preset {args.preset!r}",
+                              f"use one of {', '.join(module.PRESETS)}")
+        config = parse_set(args.set, module.PRESETS[args.preset])
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError("--seeds", f"got {args.seeds}", "use a number of seeds >= 1")
+            config["seeds"] = args.seeds
+        if args.x64:
+            import jax
+            jax.config.update("jax_enable_x64", True)
+        summary = run(module, config, args.out or f"runs/{module.NAME}",
+                      progress=False if args.no_progress else None)
+    except ConfigError as e:
+        p.exit(2, f"error: {e}\n")
+    print(json.dumps(summary, indent=2, default=_jsonable))
+    return summary

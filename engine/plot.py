@@ -1,0 +1,36 @@
+"""Standard figures, drawn from saved results (xarray) so a figure never needs a rerun."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, logy=False,
+          title: str = "", ylabel: str | None = None, xlabel: str | None = None,
+          notes: dict | None = None) -> str:
+    """One line per value of `hue` of `da` against coordinate `x`: the median over `over`
+    with its min-max band; `notes[value]` is appended to that line's label. Saves to
+    `path`, returns it."""
+    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, da.sizes[hue]))
+    for c, value in zip(colors, da[hue].values):
+        line = da.sel({hue: value})
+        if over is not None and over in line.dims:
+            lo, mid, hi = line.min(over), line.median(over), line.max(over)
+            ax.fill_between(line[x].values, lo.values, hi.values, color=c, alpha=0.2, lw=0)
+        else:
+            mid = line
+        label = f"{hue} = {value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else f"{hue} = {value}"
+        if notes and value in notes:
+            label += f"  {notes[value]}"
+        ax.plot(mid[x].values, mid.values, "o-", color=c, ms=3, label=label)
+    ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear",
+           xlabel=xlabel or x, ylabel=ylabel or da.name, title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncols=2)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return str(path)
