@@ -30,10 +30,10 @@ class Dataset(NamedTuple):
 
 
 def _as_dataset(x, y, x_test=None, y_test=None) -> Dataset:
-    as_2d = lambda a: None if a is None else jnp.asarray(a, jnp.float32).reshape(a.shape[0], -1)
-    return Dataset(jnp.asarray(x, jnp.float32), as_2d(np.asarray(y)),
-                   None if x_test is None else jnp.asarray(x_test, jnp.float32),
-                   None if y_test is None else as_2d(np.asarray(y_test)))
+    """float32 device arrays; targets as [n, d_out]. Shaped in numpy: nothing compiles."""
+    arr = lambda a: None if a is None else jax.device_put(np.asarray(a, np.float32))
+    as_2d = lambda a: None if a is None else arr(np.asarray(a).reshape(np.shape(a)[0], -1))
+    return Dataset(arr(x), as_2d(y), arr(x_test), as_2d(y_test))
 
 
 def luo_points() -> Dataset:

@@ -12,7 +12,7 @@ MLP schemes draw W_l = std_l * Z with Z ~ N(0, 1) in the layout of `engine.model
                  width of the layer, biases drawn like the weights they sit with;
 - `luo`:         two-layer (gamma, gamma') of Luo et al. 2021 (JMLR 22(71));
 - `antisymmetric(scheme)`: mirrors the last hidden layer with negated output weights,
-                 so f(x; theta_0) = 0 exactly (Zhang et al. 2020, Luo et al. 2021).
+                 so f(x; theta_0) = 0 up to rounding (Zhang et al. 2020, Luo et al. 2021).
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def luo(model: Model, gamma: float = 1.0, gamma_prime: float = 0.0) -> Initializ
 def antisymmetric(model: Model, scheme: Initializer) -> Initializer:
     """Mirror the last hidden layer: units m/2..m copy units 0..m/2 (incoming weights
     and bias) and their output weights are negated, and the output bias is zero, so
-    f(x; theta_0) = 0 for every x while the kernel at init is that of `scheme`."""
+    f(x; theta_0) = 0 for every x (up to float rounding in the output sum)."""
     _require_mlp(model, "antisymmetric")
     require(len(model.layer_shapes) >= 2, "init", "antisymmetric init needs a hidden layer",
             "use widths with at least one hidden layer")

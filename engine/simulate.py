@@ -163,8 +163,9 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
             raise ConfigError("probes", f"probe {p.name!r} needs one-hot class targets, "
                               f"the data has {data.y.shape[1]} output(s)",
                               "drop the probe or use classification data")
-    params_shape = jax.eval_shape(model.init, jax.random.key(0))
-    out_shape = jax.eval_shape(model.apply, params_shape, data.x[:1])
+    params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+    out_shape = jax.eval_shape(model.apply, params_shape,
+                               jax.ShapeDtypeStruct((1, *data.x.shape[1:]), data.x.dtype))
     require(out_shape.shape[-1] == data.y.shape[-1], "model",
             f"outputs {out_shape.shape[-1]} values per example but the targets have {data.y.shape[-1]}",
             "make the last width equal the target dimension")

@@ -109,7 +109,7 @@ def bytes_per_run(sim: Simulation) -> int:
     """A conservative estimate of one run's memory while it trains: its state (params,
     theta_0, optimizer and probe states) several times over for gradients and updates,
     its records, and the activations of a forward-backward pass over the data."""
-    state, rec = jax.eval_shape(sim.init, jax.random.key(0), {}, sim.data)
+    state, rec = jax.eval_shape(lambda: sim.init(jax.random.key(0), {}, sim.data))
     width_sum = sum(fo for _, fo in sim.config.get("layer_shapes", ())) or 1
     activations = 3 * 4 * sim.data.n * max(width_sum, int(np.prod(sim.data.x.shape[1:])))
     return 4 * _nbytes(state) + _nbytes(rec) * len(sim.record_steps) + activations

@@ -1,0 +1,88 @@
+"""Bad configs fail before anything is compiled, with a message naming the field and the fix."""
+import contextlib
+
+import jax
+import jax.monitoring
+import numpy as np
+import pytest
+
+from engine import data, experiment, init, models, optim, simulate, sweep
+from engine.errors import ConfigError
+
+
+@contextlib.contextmanager
+def no_compilation():
+    events = []
+    listener = lambda name, *a, **k: events.append(name) if "backend_compile" in name else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert not events, f"compiled before failing: {events}"
+
+
+def two_layer(width=8, **kw):
+    model = models.mlp((1, width, 1), "relu")
+    return simulate.simulation(model, data.luo_points(), "mse", kw.pop("optimizer", optim.gd()),
+                               init.luo(model), steps=kw.pop("steps", 20), every=kw.pop("every", 10), **kw)
+
+
+CASES = {
+    "unknown activation": ("activation", lambda: models.mlp((1, 4, 1), "rleu")),
+    "zero width": ("widths[1]", lambda: models.mlp((1, 0, 1))),
+    "one width": ("widths", lambda: models.mlp((3,))),
+    "unknown optimizer": ("optimizer", lambda: optim.optimizer("adamm")),
+    "unknown optimizer hyperparameter": ("optimizer.lrr", lambda: optim.adam(lrr=0.1)),
+    "every > steps": ("every", lambda: two_layer(steps=10, every=20)),
+    "zero steps": ("steps", lambda: two_layer(steps=0)),
+    "accuracy on regression": ("probes", lambda: two_layer(probes=("loss", "accuracy"))),
+    "test loss without test set": ("probes", lambda: two_layer(probes=("test_loss",))),
+    "unknown probe": ("probes", lambda: two_layer(probes=("sharpnes",))),
+    "duplicate probe": ("probes", lambda: two_layer(probes=("loss", "loss"))),
+    "batch larger than data": ("batch_size", lambda: two_layer(batch_size=10)),
+    "output width mismatch": ("model", lambda: simulate.simulation(
+        models.mlp((1, 4, 2)), data.luo_points(), steps=10, every=5)),
+    "luo on three layers": ("init", lambda: init.luo(models.mlp((1, 4, 4, 1)))),
+    "odd antisymmetric width": ("widths", lambda: init.antisymmetric(
+        models.mlp((1, 5, 1)), init.width_power(models.mlp((1, 5, 1))))),
+    "unknown loss": ("loss", lambda: simulate.simulation(models.mlp((1, 4, 1)), data.luo_points(), "l2")),
+    "empty grid values": ("grid['lr']", lambda: sweep.sweep(two_layer(), grid={"lr": []})),
+    "unknown hyperparameter": ("lrr", lambda: sweep.sweep(two_layer(), grid={"lrr": [0.1]})),
+    "negative learning rate": ("lr", lambda: sweep.sweep(two_layer(), grid={"lr": [0.1, -0.1]})),
+    "beta outside [0, 1]": ("b1", lambda: sweep.sweep(two_layer(optimizer=optim.adam()), grid={"b1": [1.5]})),
+    "string in a traced grid": ("grid['gamma']", lambda: sweep.sweep(two_layer(), grid={"gamma": ["big"]})),
+    "zero seeds": ("seeds", lambda: sweep.sweep(two_layer(), seeds=0)),
+    "static axis without builder": ("static", lambda: sweep.sweep(two_layer(), static={"width": [4, 8]})),
+    "builder lacks the static argument": ("static['depth']", lambda: sweep.sweep(
+        lambda width: two_layer(width), static={"depth": [1, 2]})),
+    "unknown strategy": ("strategy", lambda: sweep.sweep(two_layer(), strategy="pmap")),
+    "zero chunk": ("chunk", lambda: sweep.sweep(two_layer(), chunk=0)),
+    "axis both static and traced": ("grid", lambda: sweep.sweep(
+        lambda width: two_layer(width), grid={"gamma": [1.0]}, static={"gamma": [1.0]})),
+    "memory budget too small": ("memory_budget_mb", lambda: sweep.sweep(two_layer(), memory_budget_mb=1e-4)),
+    "--set without =": ("--set", lambda: experiment.parse_set(["steps500"], {"steps": 100})),
+    "--set unknown key": ("--set", lambda: experiment.parse_set(["stpes=5"], {"steps": 100})),
+    "--set wrong type": ("--set steps", lambda: experiment.parse_set(["steps=many"], {"steps": 100})),
+    "--set scalar for list": ("--set widths", lambda: experiment.parse_set(["widths=5"], {"widths": [1, 2]})),
+    "missing npz": ("path", lambda: data.from_npz("no/such/file.npz")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_gives_a_clear_error_before_compiling(case):
+    field, make = CASES[case]
+    with no_compilation(), pytest.raises(ConfigError) as err:
+        make()
+    message = str(err.value)
+    assert message.startswith(f"{field}:"), message
+    assert "Fix:" in message and len(message) < 400, message
+
+
+def test_cli_errors_are_one_line_not_a_traceback(capsys):
+    from experiments import quickstart
+    with pytest.raises(SystemExit) as code:
+        experiment.main(quickstart, ["--set", "widths=[3, 5]", "--out", "unused", "--no-progress"])
+    assert code.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: widths:") and "Traceback" not in err

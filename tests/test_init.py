@@ -1,0 +1,63 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from engine import init, models
+
+
+def test_luo_scales_match_gamma_and_gamma_prime():
+    m = 4000
+    model = models.mlp((1, m, 1), "relu", output_bias=False)
+    gamma, gamma_p = 1.5, 0.5
+    params = init.luo(model).sample(jax.random.key(0), {"gamma": gamma, "gamma_prime": gamma_p})
+    beta1 = float(jnp.std(params[1]["w"]))
+    beta2 = float(jnp.std(jnp.concatenate([params[0]["w"].ravel(), params[0]["b"]])))
+    # gamma = -log(beta1 beta2)/log m, gamma' = -log(beta1/beta2)/log m (alpha = 1)
+    assert -np.log(beta1 * beta2) / np.log(m) == pytest.approx(gamma, abs=0.01)
+    assert -np.log(beta1 / beta2) / np.log(m) == pytest.approx(gamma_p, abs=0.01)
+
+
+def test_width_power_std_per_layer():
+    model = models.mlp((2, 3000, 3000, 1), "tanh")
+    hp = {"gamma_0": 0.5, "gamma_1": 1.0, "gamma_2": 0.25}
+    params = init.width_power(model, per_layer=True).sample(jax.random.key(0), hp)
+    for l, g in enumerate(hp.values()):
+        assert float(jnp.std(params[l]["w"])) == pytest.approx(3000.0 ** -g, rel=0.05)
+
+
+def test_init_scale_is_traceable_and_vmappable():
+    model = models.mlp((1, 64, 1), "relu")
+    scheme = init.width_power(model)
+    stds = jax.vmap(lambda g: jnp.std(scheme.sample(jax.random.key(0), {"gamma": g})[0]["w"]))(
+        jnp.array([0.25, 0.5, 1.0]))
+    np.testing.assert_allclose(stds / stds[0], 64.0 ** -(jnp.array([0.25, 0.5, 1.0]) - 0.25), rtol=1e-5)
+
+
+@pytest.mark.parametrize("widths", [(1, 10, 1), (3, 6, 8, 2)])
+def test_antisymmetric_output_is_zero_at_init(widths):
+    model = models.mlp(widths, "tanh")
+    scheme = init.antisymmetric(model, init.width_power(model, gamma=0.3))
+    params = scheme.sample(jax.random.key(3), scheme.defaults)
+    x = jax.random.normal(jax.random.key(4), (11, widths[0]))
+    plain = init.width_power(model, gamma=0.3).sample(jax.random.key(3), scheme.defaults)
+    scale = float(jnp.max(jnp.abs(model.apply(plain, x))))
+    assert float(jnp.max(jnp.abs(model.apply(params, x)))) < 1e-5 * scale  # zero up to rounding
+
+
+@pytest.mark.parametrize("kind,var", [("lecun", lambda fi, fo: 1 / fi), ("he", lambda fi, fo: 2 / fi),
+                                      ("xavier", lambda fi, fo: 2 / (fi + fo))])
+def test_standard_initializations(kind, var):
+    model = models.mlp((500, 300, 10), "relu")
+    params = init.standard(model, kind).sample(jax.random.key(0), {"init_scale": 2.0})
+    w = params[0]["w"]
+    assert float(jnp.var(w)) == pytest.approx(4.0 * var(500, 300), rel=0.03)
+    assert float(jnp.max(jnp.abs(params[0]["b"]))) == 0.0
+
+
+def test_scaled_works_for_flax_models():
+    model = models.cnn((6, 6, 1), channels=(3,), out_dim=2)
+    scheme = init.scaled(model)
+    a = scheme.sample(jax.random.key(0), {"init_scale": 1.0})
+    b = scheme.sample(jax.random.key(0), {"init_scale": 0.1})
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(0.1 * x, y, rtol=1e-6), a, b)

@@ -1,0 +1,38 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from engine import optim
+
+DIRECT = {
+    "gd": lambda h: optax.sgd(h["lr"]),
+    "momentum": lambda h: optax.sgd(h["lr"], momentum=h["momentum"]),
+    "nesterov": lambda h: optax.sgd(h["lr"], momentum=h["momentum"], nesterov=True),
+    "adam": lambda h: optax.adam(h["lr"], h["b1"], h["b2"], h["eps"]),
+    "adamw": lambda h: optax.adamw(h["lr"], h["b1"], h["b2"], h["eps"], weight_decay=h["weight_decay"]),
+    "rmsprop": lambda h: optax.rmsprop(h["lr"], decay=h["decay"], eps=h["eps"]),
+    "adagrad": lambda h: optax.adagrad(h["lr"], eps=h["eps"]),
+    "lion": lambda h: optax.lion(h["lr"], h["b1"], h["b2"], weight_decay=h["weight_decay"]),
+}
+
+
+def descend(tx, steps=5):
+    loss = lambda p: jnp.sum((p["a"] - 1.0) ** 4) + jnp.sum(p["b"] ** 2)
+    params = {"a": jnp.array([0.3, -0.2]), "b": jnp.array([2.0])}
+    state = tx.init(params)
+    for _ in range(steps):
+        u, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, u)
+    return params
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_traced_vmapped_hyperparameters_equal_plain_optax(name):
+    opt = optim.optimizer(name)
+    lrs = jnp.array([opt.defaults["lr"], 3 * opt.defaults["lr"]])
+    traced = jax.jit(jax.vmap(lambda lr: descend(opt.build({**opt.defaults, "lr": lr}))))(lrs)
+    for i, lr in enumerate(lrs.tolist()):
+        plain = descend(DIRECT[name]({**opt.defaults, "lr": lr}))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-7), traced, plain)

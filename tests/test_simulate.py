@@ -1,0 +1,74 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from engine import data, init, models, optim, probes, simulate
+
+
+def test_records_at_zero_every_and_last_step_match_a_hand_loop(tiny_sim):
+    sim = tiny_sim(steps=50, every=20, probes=("loss", "param_norm", "grad_norm", "relative_change"))
+    np.testing.assert_array_equal(sim.record_steps, [0, 20, 40, 50])
+    traj = jax.jit(sim.run)(jax.random.key(0), {"gamma": 0.5})
+    # The same run written by hand with optax.
+    model = models.mlp((1, 32, 1), "relu")
+    d = data.luo_points()
+    params = init.luo(model).sample(jax.random.split(jax.random.key(0))[0], {"gamma": 0.5, "gamma_prime": 0.0})
+    p0, tx = params, optax.sgd(0.1)
+    state = tx.init(params)
+    loss = lambda p: 0.5 * jnp.mean(jnp.sum((model.apply(p, d.x) - d.y) ** 2, -1))
+    expected = {}
+    for t in range(51):
+        if t in (0, 20, 40, 50):
+            expected[t] = (loss(params), probes.norm(params), probes.norm(jax.grad(loss)(params)),
+                           probes.relative_change(params, p0))
+        u, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, u)
+    for j, t in enumerate(sim.record_steps):
+        got = [traj[k][j] for k in ("loss", "param_norm", "grad_norm", "relative_change")]
+        np.testing.assert_allclose(got, expected[int(t)], rtol=2e-5, atol=1e-8)
+    assert not traj["diverged"] and int(traj["diverged_step"]) == -1
+
+
+def test_divergence_freezes_flags_and_nans_later_records(tiny_sim):
+    model = models.mlp((1, 32, 1), "relu")
+    sim = simulate.simulation(model, data.luo_points(), "mse", optim.gd(lr=200.0), init.luo(model),
+                              steps=200, every=10, probes=("loss", "param_norm"), diverge_above=1e6)
+    traj = jax.jit(sim.run)(jax.random.key(0), {"gamma": 0.2})
+    assert bool(traj["diverged"])
+    t_d = int(traj["diverged_step"])
+    steps = sim.record_steps
+    assert 0 < t_d < 200
+    assert np.all(np.isfinite(traj["loss"][steps <= t_d]))
+    assert np.all(np.isnan(traj["loss"][steps > t_d]))
+
+
+def test_convergence_freezes_the_run(tiny_sim):
+    sim = tiny_sim(steps=2000, every=100, probes=("loss", "relative_change"), converge_below=1e-4)
+    traj = jax.jit(sim.run)(jax.random.key(1), {"gamma": 0.5})
+    assert bool(traj["converged"])
+    t_c = int(traj["converged_step"])
+    after = sim.record_steps > t_c
+    assert after.any() and np.all(traj["loss"][after] < 1e-4)
+    assert np.ptp(np.asarray(traj["relative_change"][after])) == 0.0  # frozen
+
+
+def test_minibatch_sgd_is_deterministic_per_key():
+    model = models.mlp((64, 16, 10), "tanh")
+    sim = simulate.simulation(model, data.digits(n_train=200), "cross_entropy", optim.gd(lr=0.1),
+                              steps=30, every=10, probes=("loss", "accuracy"), batch_size=32)
+    run = jax.jit(sim.run)
+    a, b, c = run(jax.random.key(0)), run(jax.random.key(0)), run(jax.random.key(1))
+    np.testing.assert_array_equal(a["loss"], b["loss"])
+    assert not np.allclose(a["loss"][1:], c["loss"][1:])
+    assert float(a["loss"][-1]) < float(a["loss"][0])
+
+
+def test_per_layer_relative_change(tiny_sim):
+    sim = tiny_sim(steps=40, every=40, probes=("relative_change_layer",))
+    state, _ = sim.init(jax.random.key(0), {"gamma": 0.5}, sim.data)
+    state, recs = sim.advance(state, {"gamma": 0.5}, sim.data, 1)
+    expected = [probes.relative_change(p, p0) for p, p0 in zip(state.params, state.params0)]
+    np.testing.assert_allclose(recs["relative_change_layer"][-1], expected, rtol=1e-6)
+    assert sim.probe_coords["layer"] == ["0", "1"]

@@ -1,0 +1,98 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import xarray as xr
+
+from engine import sweep
+
+LRS = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
+def test_a_run_in_a_batch_of_64_equals_the_run_alone(tiny_sim):
+    sim = tiny_sim(steps=100, every=20)
+    ds = sweep.sweep(sim, grid={"lr": LRS}, seeds=8, strategy="vmap")
+    assert ds.loss.sizes == {"seed": 8, "lr": 8, "step": 6}
+    run = jax.jit(sim.run)
+    for seed, lr in [(0, 0.02), (3, 0.3), (7, 0.6)]:
+        alone = run(jax.random.fold_in(jax.random.key(0), seed), {"lr": lr})
+        np.testing.assert_allclose(ds.loss.sel(seed=seed, lr=lr), alone["loss"], rtol=1e-6)
+        np.testing.assert_allclose(ds.relative_change_layer.sel(seed=seed, lr=lr),
+                                   alone["relative_change_layer"], rtol=1e-6, atol=1e-12)
+
+
+def test_seed_is_the_same_run_whatever_else_is_in_the_sweep(tiny_sim):
+    sim = tiny_sim()
+    a = sweep.sweep(sim, grid={"lr": [0.1, 0.2]}, seeds=[0, 5])
+    b = sweep.sweep(sim, grid={"lr": [0.2]}, seeds=[5, 9])
+    np.testing.assert_allclose(a.loss.sel(seed=5, lr=0.2), b.loss.sel(seed=5, lr=0.2), rtol=1e-6)
+
+
+def test_chunk_size_7_equals_one_chunk_and_map_equals_vmap(tiny_sim):
+    sim = tiny_sim()
+    one = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4)
+    chunked = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4, chunk=7)
+    mapped = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4, strategy="map", map_batch=3)
+    assert json.loads(chunked.attrs["config"])["plans"][0]["n_chunks"] == 3
+    for other in (chunked, mapped):
+        xr.testing.assert_allclose(one, other, rtol=1e-6)
+
+
+def test_diverging_runs_are_flagged_and_do_not_touch_their_neighbours(tiny_sim):
+    sim = tiny_sim(steps=200, every=20)
+    stable = sweep.sweep(sim, grid={"lr": [0.05, 0.2]}, seeds=3)
+    mixed = sweep.sweep(sim, grid={"lr": [0.05, 0.2, 20.0, 200.0]}, seeds=3)
+    np.testing.assert_array_equal(mixed.diverged.values, np.isin(mixed.lr, [20.0, 200.0])[None].repeat(3, 0))
+    assert (mixed.diverged_step.sel(lr=[20.0, 200.0]) > 0).all()
+    assert (mixed.diverged_step.sel(lr=[0.05, 0.2]) == -1).all()
+    xr.testing.assert_allclose(mixed.sel(lr=[0.05, 0.2]).drop_attrs(), stable.drop_attrs(), rtol=1e-6)
+    assert np.isfinite(mixed.loss.sel(lr=[0.05, 0.2])).all()
+
+
+def test_static_axes_join_on_a_coordinate_and_results_roundtrip(tmp_path):
+    from engine import data, init, models, optim, simulate
+
+    def build(width, activation):
+        model = models.mlp((1, width, 1), activation)
+        return simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(), init.width_power(model),
+                                   steps=20, every=10, probes=("loss", "relative_change_layer"))
+
+    ds = sweep.sweep(build, grid={"lr": [0.01, 0.02], "gamma": [0.5, 1.0]},
+                     static={"width": [8, 16], "activation": ["tanh", "relu"]}, seeds=2)
+    assert ds.loss.dims == ("seed", "width", "activation", "lr", "gamma", "step")
+    assert ds.diverged.dims == ("seed", "width", "activation", "lr", "gamma")
+    assert np.isfinite(ds.loss).all()
+    sweep.save(ds, tmp_path / "r.nc")
+    back = sweep.load(tmp_path / "r.nc")
+    xr.testing.assert_identical(ds, back)
+    assert sweep.config_of(back)["grid"] == {"lr": [0.01, 0.02], "gamma": [0.5, 1.0]}
+    assert not any(p.name.endswith(".tmp") or ".tmp-" in p.name for p in tmp_path.iterdir())
+
+
+EIGHT_DEVICES = textwrap.dedent("""
+    import jax, numpy as np, xarray as xr
+    assert jax.device_count() == 8, jax.devices()
+    from engine import data, init, models, optim, simulate, sweep
+    model = models.mlp((1, 32, 1), "relu")
+    sim = simulate.simulation(model, data.luo_points(), "mse", optim.gd(), init.luo(model),
+                              steps=60, every=20, probes=("loss", "relative_change_layer"))
+    grid = {"lr": [0.05, 0.1, 0.2, 40.0, 0.3]}
+    eight = sweep.sweep(sim, grid=grid, seeds=4, chunk=8)   # 20 runs: 3 chunks of 8, padded
+    one = sweep.sweep(sim, grid=grid, seeds=4, devices=jax.devices()[:1])
+    assert "x8" in eight.attrs["device"] and "x1" in one.attrs["device"]
+    xr.testing.assert_allclose(eight.drop_attrs(), one.drop_attrs(), rtol=1e-6)
+    assert bool(eight.diverged.sel(lr=40.0).all()) and not bool(eight.diverged.sel(lr=0.1).any())
+    print("OK")
+""")
+
+
+def test_eight_simulated_devices_give_the_same_results_as_one():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
