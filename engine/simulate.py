@@ -170,6 +170,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
             f"outputs {out_shape.shape[-1]} values per example but the targets have {data.y.shape[-1]}",
             "make the last width equal the target dimension")
 
+    for name, value in optimizer.defaults.items():
+        check_hyperparameter(optimizer, name, value)
     defaults = {**init.defaults, **optimizer.defaults}
     overlap = set(init.defaults) & set(optimizer.defaults)
     require(not overlap, "init", f"hyperparameter names {sorted(overlap)} are used by both "

@@ -22,7 +22,7 @@ from engine import analysis, data, experiment, init, models, optim, plot, simula
 NAME = "quickstart"
 PRESETS = {
     "quick": {"gammas": [0.25, 0.5, 0.75, 1.25, 1.5, 1.75], "widths": [100, 200, 400, 800, 1600],
-              "seeds": 4, "lr0": 0.5, "steps": 20000, "every": 500, "tol": 1e-6},
+              "seeds": 8, "lr0": 0.5, "steps": 20000, "every": 500, "tol": 1e-6},
     "paper": {"gammas": [0.25, 0.5, 0.75, 1.25, 1.5, 1.75, 2.0],
               "widths": [200, 400, 800, 1600, 3200, 6400, 12800],
               "seeds": 16, "lr0": 0.5, "steps": 200000, "every": 1000, "tol": 1e-7},

@@ -58,3 +58,13 @@ def test_cnn_is_a_model():
     params = m.init(jax.random.key(0))
     assert m.apply(params, jnp.ones((2, 8, 8, 1))).shape == (2, 3)
     assert [n for n, _ in models.layers(params)] == sorted(params)
+
+
+def test_small_transformer_is_a_model():
+    m = models.transformer(vocab=7, seq_len=3, d_model=16, heads=2)
+    params = m.init(jax.random.key(0))
+    x = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert m.apply(params, x).shape == (2, 7)
+    assert not np.allclose(m.apply(params, x), m.apply(params, x.at[:, 0].set(0.0)))  # sees every token
+    grads = jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

@@ -1,0 +1,212 @@
+"""python -m benchmarks [--quick] [--json FILE] [--only NAME ...]
+
+Prints one JSON list of records, each comparing the engine with a baseline run in the
+same process on the same workload (ratios, because absolute times drift):
+
+    name, runs, steps, strategy, engine_run_steps_per_s, baseline,
+    baseline_run_steps_per_s, speedup, gflops, gemm_peak_gflops, peak_fraction,
+    compile_s, peak_memory_mb, device
+
+Baselines: "loop" is the per-run program a user writes by hand (a jit-compiled optax
+step called in a Python loop over steps and runs); "scan" is the best per-run program
+(the whole run one `lax.scan`, one run at a time). `--quick` shrinks runs and steps
+but runs the same code paths; CI runs it so the suite cannot rot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from engine import data, init, models, optim, simulate, sweep
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{d.device_kind} x{jax.device_count()}"
+
+
+def peak_memory_mb() -> float:
+    d = jax.devices()[0]
+    stats = d.memory_stats() if d.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def gemm_peak_gflops(n: int) -> float:
+    """float32 n x n matrix product, best of 5, in this process."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(5))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def train_flops_per_step(sim: simulate.Simulation) -> float:
+    """Forward + backward of a dense network: ~ 6 n sum(fan_in fan_out) flops."""
+    return 6.0 * sim.data.n * sum(a * b for a, b in sim.config["layer_shapes"])
+
+
+# ----------------------------------------------------------------------------- baselines
+def user_loop(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
+    """run-steps/s of a hand-written per-run loop: a jit step in Python loops."""
+    loss = lambda p: 0.5 * jnp.mean(jnp.sum((sim_model.apply(p, dataset.x) - dataset.y) ** 2, -1))
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(loss)(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    def all_runs():
+        for r in range(runs):
+            p = scheme.sample(jax.random.key(r), hp)
+            s = tx.init(p)
+            for _ in range(steps):
+                p, s = step(p, s)
+            jax.block_until_ready(p)
+
+    p0 = scheme.sample(jax.random.key(0), hp)
+    jax.block_until_ready(step(p0, tx.init(p0)))  # compile outside the timing
+    return runs * steps / _timed(all_runs)
+
+
+def per_run_scan(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
+    """run-steps/s of the best per-run program: one jit-compiled lax.scan per run."""
+    loss = lambda p: 0.5 * jnp.mean(jnp.sum((sim_model.apply(p, dataset.x) - dataset.y) ** 2, -1))
+
+    @jax.jit
+    def train(p):
+        def body(c, _):
+            p, s = c
+            u, s = tx.update(jax.grad(loss)(p), s, p)
+            return (optax.apply_updates(p, u), s), None
+        return jax.lax.scan(body, (p, tx.init(p)), length=steps)[0][0]
+
+    jax.block_until_ready(train(scheme.sample(jax.random.key(0), hp)))
+    return runs * steps / _timed(
+        lambda: [jax.block_until_ready(train(scheme.sample(jax.random.key(r), hp))) for r in range(runs)])
+
+
+# ----------------------------------------------------------------------------- workloads
+def engine_record(name, sim, grid, seeds, strategy, peak, baseline, baseline_rate, map_batch=None):
+    ds = sweep.sweep(sim, grid=grid, seeds=seeds, strategy=strategy, map_batch=map_batch, progress=False)
+    plan = sweep.config_of(ds)["plans"][0]
+    runs = ds.sizes["seed"] * int(np.prod([len(v) for v in grid.values()]))
+    rate = runs * sim.steps / plan["seconds"]["run"]
+    gflops = train_flops_per_step(sim) * rate / 1e9
+    return {"name": name, "runs": runs, "steps": sim.steps,
+            "strategy": f"{strategy}->{plan['strategy']}(batch={plan['map_batch'] or 1})"
+                        if plan["strategy"] == "map" else f"{strategy}->vmap",
+            "engine_run_steps_per_s": round(rate, 1), "baseline": baseline,
+            "baseline_run_steps_per_s": round(baseline_rate, 1),
+            "speedup": round(rate / baseline_rate, 3), "gflops": round(gflops, 3),
+            "gemm_peak_gflops": round(peak, 2), "peak_fraction": round(gflops / peak, 4),
+            "compile_s": plan["seconds"]["compile"], "peak_memory_mb": round(peak_memory_mb(), 1),
+            "device": device_name()}
+
+
+def phase_sweep(quick: bool, peak: float) -> list[dict]:
+    """Two-layer ReLU, width 1000, Luo's three points, 256 runs (gamma x seeds), GD."""
+    width, steps, seeds = 1000, (400 if quick else 2000), 8
+    model = models.mlp((1, width, 1), "relu", output_bias=False)
+    scheme = init.luo(model)
+    sim = simulate.simulation(model, data.luo_points(), "mse", optim.gd(lr=0.05), scheme,
+                              steps=steps, every=100, probes=("loss", "relative_change_layer"))
+    grid = {"gamma": [float(g) for g in np.linspace(0.25, 1.75, 32)]}
+    hp = {"gamma": 1.0, "gamma_prime": 0.0}
+    base = user_loop(model, scheme, sim.data, optax.sgd(0.05), hp, steps=200, runs=4 if quick else 16)
+    out = []
+    for strategy, mb in (("auto", None), ("vmap", None), ("map", None), ("map", 8)):
+        out.append(engine_record(f"phase_sweep_w{width}", sim, grid, seeds, strategy, peak, "loop", base, mb))
+    return out
+
+
+def digits_mlp(quick: bool, peak: float) -> list[dict]:
+    """MLP 64-200-200-10 tanh on the 1797 digits, MSE, GD (matrix-multiply bound)."""
+    steps, seeds = (40 if quick else 500), (2 if quick else 8)
+    model = models.mlp((64, 200, 200, 10), "tanh")
+    scheme = init.scaled(model)
+    sim = simulate.simulation(model, data.digits(), "mse", optim.gd(lr=0.05), scheme,
+                              steps=steps, every=steps // 4, probes=("loss",))
+    grid = {"lr": [0.02, 0.05] if quick else [0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08]}
+    hp = {"init_scale": 1.0}
+    runs = len(grid["lr"]) * seeds
+    base = per_run_scan(model, scheme, sim.data, optax.sgd(0.05), hp, steps, runs)
+    out = []
+    for strategy in ("auto", "vmap", "map"):
+        out.append(engine_record("digits_mlp_64-200-200-10", sim, grid, seeds, strategy, peak, "scan", base))
+    return out
+
+
+def batching(quick: bool, peak: float) -> list[dict]:
+    """How to batch tiny runs on this machine: two-layer ReLU on three points, 256
+    runs, each width with one wide vmap (the baseline) and lax.map over groups of b."""
+    widths, steps = ((30, 1000), 200) if quick else ((30, 100, 300, 1000, 4000), 1000)
+    grid = {"gamma": [float(g) for g in np.linspace(0.5, 1.5, 32)]}
+    out = []
+    for width in widths:
+        model = models.mlp((1, width, 1), "relu", output_bias=False)
+        sim = simulate.simulation(model, data.luo_points(), "mse", optim.gd(lr=0.05), init.luo(model),
+                                  steps=steps, every=steps // 10, probes=("loss",))
+        vmap = engine_record(f"batching_w{width}", sim, grid, 8, "vmap", peak, "vmap", 1.0)
+        base = vmap["engine_run_steps_per_s"]
+        for b in (1, 2, 8, 32):
+            out.append(engine_record(f"batching_w{width}", sim, grid, 8, "map", peak, "vmap", base,
+                                     map_batch=None if b == 1 else b))
+        out.append(engine_record(f"batching_w{width}", sim, grid, 8, "auto", peak, "vmap", base))
+    return out
+
+
+WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": batching}
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The README's table of a results file."""
+    cols = ("name", "runs", "steps", "strategy", "engine_run_steps_per_s", "baseline",
+            "baseline_run_steps_per_s", "speedup", "peak_fraction", "compile_s")
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in records]
+    return "\n".join(rows) + f"\n\nDevice: {records[0]['device']}; float32 GEMM peak " \
+        f"{records[0]['gemm_peak_gflops']} GFLOP/s measured in the same process."
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, same code paths (CI)")
+    p.add_argument("--json", default=None, help="also write the records to this file")
+    p.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), help="run only these workloads")
+    p.add_argument("--markdown", metavar="FILE", help="print the table of a saved results file and exit")
+    args = p.parse_args(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown_table(json.load(f)))
+        return []
+    peak = gemm_peak_gflops(512 if args.quick else 2048)
+    records = []
+    for name in args.only or WORKLOADS:
+        records.extend(WORKLOADS[name](args.quick, peak))
+    text = json.dumps(records, indent=1)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return records
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

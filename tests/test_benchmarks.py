@@ -1,0 +1,19 @@
+import json
+import subprocess
+import sys
+
+FIELDS = {"name", "runs", "steps", "engine_run_steps_per_s", "baseline", "baseline_run_steps_per_s",
+          "speedup", "gflops", "gemm_peak_gflops", "peak_fraction", "compile_s", "peak_memory_mb", "device"}
+
+
+def test_quick_benchmark_prints_machine_readable_records(tmp_path):
+    """CI runs the quick suite so it cannot rot; no time is asserted."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = json.loads(out.stdout)
+    assert records == json.loads((tmp_path / "b.json").read_text())
+    assert {r["name"] for r in records} >= {"phase_sweep_w1000", "digits_mlp_64-200-200-10"}
+    for r in records:
+        assert FIELDS <= set(r)
+        assert r["engine_run_steps_per_s"] > 0 and r["baseline_run_steps_per_s"] > 0

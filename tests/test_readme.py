@@ -1,0 +1,22 @@
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", text, re.S)
+    assert "python -m experiments.quickstart" in blocks[0]
+    assert "python -m pytest" in blocks[1]
+    assert blocks[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## The Python API.*?```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "True" in out  # the lr = 50 runs are flagged as diverged
+    assert (tmp_path / "chebyshev.nc").exists()
