@@ -21,9 +21,11 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
-from engine.errors import ConfigError, choose
+from engine.errors import ConfigError, choose, require
 
 
 class Optimizer(NamedTuple):
@@ -89,3 +91,67 @@ def check_hyperparameter(opt: Optimizer, name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and lo <= value <= hi) or (name == "lr" and value <= 0):
         bound = "> 0" if name == "lr" else f"in [{lo}, {hi}]"
         raise ConfigError(name, f"{opt.name} got {value!r}", f"use a number {bound}")
+
+
+# ----------------------------------------------------------------------------- preconditioners
+PRECONDITIONED = ("adam", "adamw", "rmsprop", "adagrad")
+
+
+def _find_state(opt_state, cls):
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, cls))
+             if isinstance(s, cls)]
+    if not found:
+        raise ConfigError("optimizer", f"no {cls.__name__} in the optimizer state",
+                          "use an optimizer built by engine.optim")
+    return found[0]
+
+
+def preconditioner(optimizer: Optimizer, opt_state, hparams: dict):
+    """The diagonal preconditioner P (a pytree like params) read from optax's own state,
+    so that the optimizer's next update is -lr P^-1 m (m the momentum, or the gradient).
+
+    adam/adamw: P_t = (1 - b1^t) (sqrt(v_t / (1 - b2^t)) + eps)   (Cohen et al. 2022)
+    rmsprop:    P = sqrt(v + eps)          adagrad: P = sqrt(sum g^2 + eps)
+    Before the first step of Adam (t = 0) P is undefined and returned as NaN.
+    """
+    require(optimizer.name in PRECONDITIONED, "probes",
+            f"optimizer '{optimizer.name}' has no diagonal preconditioner",
+            f"use one of {', '.join(PRECONDITIONED)} for preconditioned probes")
+    if optimizer.name in ("adam", "adamw"):
+        s = _find_state(opt_state, optax.ScaleByAdamState)
+        t = s.count.astype(jnp.result_type(float))
+        b1, b2, eps = hparams["b1"], hparams["b2"], hparams["eps"]
+        defined = jnp.where(t > 0, 1.0, jnp.nan)
+        return jax.tree.map(lambda v: defined * (1 - b1**t) * (jnp.sqrt(v / (1 - b2**t)) + eps), s.nu)
+    if optimizer.name == "rmsprop":
+        s = _find_state(opt_state, optax.ScaleByRmsState)
+        return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), s.nu)
+    s = _find_state(opt_state, optax.ScaleByRssState)
+    return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), s.sum_of_squares)
+
+
+def stability_threshold(optimizer: Optimizer, hparams: dict):
+    """The largest (preconditioned) sharpness at which the optimizer is stable on a
+    quadratic:
+        gd        2 / lr
+        momentum  (2 + 2 beta) / lr                 (heavy ball)
+        nesterov  (2 + 2 beta) / ((1 + 2 beta) lr)
+        adam(w)   (2 + 2 b1) / ((1 - b1) lr)  = 38/lr at b1 = 0.9, for lambda_max(P^-1 H)
+                  (Cohen et al. 2022); Bai et al. 2025 write the same condition as
+                  lambda_max(H_hat) < 2/lr with H_hat = ((1 - b1)/(1 + b1)) P^-1 H
+        rmsprop, adagrad  2 / lr  for lambda_max(P^-1 H)
+    """
+    h = {**optimizer.defaults, **hparams}
+    lr = h["lr"]
+    if optimizer.name == "gd":
+        return 2 / lr
+    if optimizer.name == "momentum":
+        return (2 + 2 * h["momentum"]) / lr
+    if optimizer.name == "nesterov":
+        return (2 + 2 * h["momentum"]) / ((1 + 2 * h["momentum"]) * lr)
+    if optimizer.name in ("adam", "adamw"):
+        return (2 + 2 * h["b1"]) / ((1 - h["b1"]) * lr)
+    if optimizer.name in ("rmsprop", "adagrad"):
+        return 2 / lr
+    raise ConfigError("optimizer", f"no stability threshold is known for '{optimizer.name}'",
+                      "use gd, momentum, nesterov, adam, adamw, rmsprop or adagrad")

@@ -1,12 +1,13 @@
 """What is measured along a run, every `every` steps, inside the compiled loop.
 
-A `Probe(name, measure, dims, init, needs)` measures one quantity of a `Snapshot` of the
-run: `measure(snapshot, state) -> (value, state)`, where `state` (from
-`init(params)`, or None) is what the probe carries from one measurement to the next
-(e.g. a warm-start eigenvector). `dims` names the value's trailing dimensions, such
-as ("layer",). Values are fixed-size arrays, so a whole trajectory is one array.
+A `Probe` measures quantities of a `Snapshot` of the run:
+`measure(snapshot, state) -> ({variable: value}, state)`, where `state` (from
+`init(params)`, or None) is what the probe carries from one measurement to the next,
+e.g. the previous top eigenvectors that warm-start the next eigen-solve. `outputs`
+names each variable's trailing dimensions, such as ("layer",) or ("eigen",). Values
+are fixed-size arrays, so a whole trajectory is one array.
 
-Built-in probes (names shared by every experiment):
+Built-in probes (names shared by every experiment; `probe(name)` or a factory below):
     loss, test_loss            training / test loss
     accuracy, test_accuracy    argmax accuracy (classification targets)
     param_norm                 ||theta_t||
@@ -14,39 +15,52 @@ Built-in probes (names shared by every experiment):
     relative_change            ||theta_t - theta_0|| / ||theta_0||
     relative_change_layer      the same per layer, dims ("layer",)  (Luo et al. 2021:
                                RD(theta_w) of the input layer is layer "0")
+    sharpness (+ eigen_residual)          lambda_max(H), top-k with dims ("eigen",)
+    preconditioned_sharpness (+ preconditioned_eigen_residual)   lambda_max(P^-1 H)
+    directional_curvature                 g^T H g / g^T g, g the full gradient
+    preconditioned_directional_curvature  (d^T H d)/(d^T P d), d = P^-1 g
+    trace (+ trace_error)                 Hutchinson estimate of tr H
 """
 from __future__ import annotations
 
+import zlib
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
-from engine import losses
-from engine.errors import ConfigError
+from engine import curvature, losses
+from engine.errors import ConfigError, require
 from engine.models import layers
 
 
 class Snapshot(NamedTuple):
-    """The run at a record step. `loss_fn(params) -> scalar` is the training loss on
-    the full training set; `predict(params, x)` the model."""
+    """The run at a record step. `loss_fn(params) -> scalar` is the training loss on the
+    full training set, `objective(params, x, y)` the loss on any examples,
+    `predict(params, x)` the model; `first` is True (statically) for the measurement
+    at step 0, which has no previous state to warm-start from."""
     params: Any
     params0: Any
     loss_fn: Callable
+    objective: Callable
     predict: Callable
     data: Any
     loss: Callable
     opt_state: Any
+    optimizer: Any
     hparams: dict
     key: jax.Array
+    first: bool
 
 
 class Probe(NamedTuple):
     name: str
     measure: Callable[[Snapshot, Any], tuple]
-    dims: tuple = ()
+    outputs: dict                     # variable -> its trailing dims
     init: Callable[[Any], Any] | None = None
-    needs: frozenset = frozenset()  # among {"test", "classification"}
+    needs: frozenset = frozenset()    # among {"test", "classification", "preconditioner"}
+    coords: dict = {}                 # dim -> coordinate values
 
 
 def norm(tree) -> jax.Array:
@@ -59,43 +73,157 @@ def relative_change(params, params0) -> jax.Array:
     return norm(jax.tree.map(jnp.subtract, params, params0)) / norm(params0)
 
 
-def stateless(fn):
-    return lambda snap, state: (fn(snap), state)
+def scalar(name: str, fn: Callable[[Snapshot], jax.Array], dims=(), needs=()) -> Probe:
+    """A stateless probe recording `fn(snapshot)` as the variable `name`."""
+    return Probe(name, lambda snap, state: ({name: fn(snap)}, state), {name: tuple(dims)},
+                 needs=frozenset(needs))
 
 
+# ----------------------------------------------------------------------------- curvature
+def _loss_on(snap: Snapshot, examples: int | None) -> Callable:
+    """The training loss on all examples, or on the fixed first `examples` of them (as
+    the edge-of-stability literature measures sharpness on 5000 examples)."""
+    if examples is None:
+        return snap.loss_fn
+    x, y = snap.data.x[:examples], snap.data.y[:examples]
+    return lambda p: snap.objective(p, x, y)
+
+
+def _key(snap: Snapshot, name: str):
+    return jax.random.fold_in(snap.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def _check_curvature_args(k, iters, warm_iters, method, examples):
+    require(isinstance(k, int) and k >= 1, "probes.k", f"got {k!r}", "use an integer >= 1")
+    for field, v in (("iters", iters), ("warm_iters", warm_iters)):
+        require(isinstance(v, int) and v >= k, f"probes.{field}", f"got {v!r} for k={k}",
+                "use an integer >= k")
+    require(method in curvature.METHODS, "probes.method", f"unknown value {method!r}",
+            f"use one of {', '.join(curvature.METHODS)}")
+    require(examples is None or (isinstance(examples, int) and examples >= 1), "probes.examples",
+            f"got {examples!r}", "use a number of examples >= 1, or None for all")
+
+
+def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, preconditioned):
+    _check_curvature_args(k, iters, warm_iters, method, examples)
+    dims = ("eigen",) if k > 1 else ()
+
+    def init(params):
+        flat = ravel_pytree(params)[0]
+        return jnp.zeros((k, flat.shape[0]), flat.dtype)
+
+    def measure(snap: Snapshot, vectors):
+        precond = None
+        if preconditioned:
+            from engine.optim import preconditioner
+            precond = preconditioner(snap.optimizer, snap.opt_state, snap.hparams)
+        # Warm start from the previous top-k eigenvectors alone: tracking extra Ritz
+        # vectors was measured to cost accuracy (it spends products on the block and its
+        # poorly converged members), see tests/test_curvature.py.
+        eig = curvature.top_eigenvalues(
+            _loss_on(snap, examples), snap.params, _key(snap, name), k=k,
+            iters=iters if snap.first else warm_iters, method=method, precond=precond,
+            init=None if snap.first else vectors)
+        ok = jnp.all(jnp.isfinite(eig.vectors))  # a failed solve must not poison the next one
+        vectors = jnp.where(ok, eig.vectors, vectors)
+        pick = (lambda a: a) if k > 1 else (lambda a: a[0])
+        return {name: pick(eig.values), residual_name: pick(eig.residuals)}, vectors
+
+    needs = frozenset({"preconditioner"}) if preconditioned else frozenset()
+    return Probe(name, measure, {name: dims, residual_name: dims}, init, needs,
+                 {"eigen": list(range(k))} if k > 1 else {})
+
+
+def sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10, method: str = "lanczos",
+              examples: int | None = None) -> Probe:
+    """Top-k eigenvalues of the training-loss Hessian (`sharpness`) and their residuals
+    ||Hv - lambda v|| / |lambda| (`eigen_residual`). The first measurement runs `iters`
+    Hessian-vector products from a random start; later ones `warm_iters`, starting from
+    the eigenvectors of the previous measurement."""
+    return _eigen_probe("sharpness", "eigen_residual", k, iters, warm_iters, method, examples, False)
+
+
+def preconditioned_sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10,
+                             method: str = "lanczos", examples: int | None = None) -> Probe:
+    """lambda_max(P^-1 H) with P the optimizer's diagonal preconditioner read from its
+    state (`engine.optim.preconditioner`); compare with
+    `engine.optim.stability_threshold` (38/lr for Adam at b1 = 0.9)."""
+    return _eigen_probe("preconditioned_sharpness", "preconditioned_eigen_residual", k, iters,
+                        warm_iters, method, examples, True)
+
+
+def directional_curvature(examples: int | None = None, preconditioned: bool = False) -> Probe:
+    """Curvature along the gradient g: g^T H g / g^T g; preconditioned: along the update
+    direction d = P^-1 g, (d^T H d) / (d^T P d) (Bai et al. 2025). One HVP."""
+    require(examples is None or (isinstance(examples, int) and examples >= 1), "probes.examples",
+            f"got {examples!r}", "use a number of examples >= 1, or None for all")
+    name = "preconditioned_directional_curvature" if preconditioned else "directional_curvature"
+
+    def fn(snap):
+        loss_fn = _loss_on(snap, examples)
+        precond = None
+        if preconditioned:
+            from engine.optim import preconditioner
+            precond = preconditioner(snap.optimizer, snap.opt_state, snap.hparams)
+        return curvature.directional_curvature(loss_fn, snap.params, jax.grad(loss_fn)(snap.params), precond)
+
+    return scalar(name, fn, needs={"preconditioner"} if preconditioned else ())
+
+
+def trace(samples: int = 16, examples: int | None = None) -> Probe:
+    """Hutchinson estimate of tr H (`trace`) and its standard error (`trace_error`)."""
+    require(isinstance(samples, int) and samples >= 2, "probes.samples", f"got {samples!r}",
+            "use samples >= 2")
+
+    def measure(snap, state):
+        est, err = curvature.hutchinson_trace(_loss_on(snap, examples), snap.params,
+                                              _key(snap, "trace"), samples)
+        return {"trace": est, "trace_error": err}, state
+
+    return Probe("trace", measure, {"trace": (), "trace_error": ()})
+
+
+# ----------------------------------------------------------------------------- registry
 BUILTIN = {
-    "loss": Probe("loss", stateless(lambda s: s.loss_fn(s.params))),
-    "test_loss": Probe("test_loss", stateless(
-        lambda s: s.loss(s.predict(s.params, s.data.x_test), s.data.y_test)), needs=frozenset({"test"})),
-    "accuracy": Probe("accuracy", stateless(
-        lambda s: losses.accuracy(s.predict(s.params, s.data.x), s.data.y)),
-        needs=frozenset({"classification"})),
-    "test_accuracy": Probe("test_accuracy", stateless(
-        lambda s: losses.accuracy(s.predict(s.params, s.data.x_test), s.data.y_test)),
-        needs=frozenset({"classification", "test"})),
-    "param_norm": Probe("param_norm", stateless(lambda s: norm(s.params))),
-    "grad_norm": Probe("grad_norm", stateless(lambda s: norm(jax.grad(s.loss_fn)(s.params)))),
-    "relative_change": Probe("relative_change", stateless(
-        lambda s: relative_change(s.params, s.params0))),
-    "relative_change_layer": Probe("relative_change_layer", stateless(
-        lambda s: jnp.stack([relative_change(p, p0) for (_, p), (_, p0)
-                             in zip(layers(s.params), layers(s.params0))])), dims=("layer",)),
+    "loss": lambda: scalar("loss", lambda s: s.loss_fn(s.params)),
+    "test_loss": lambda: scalar("test_loss", lambda s: s.loss(s.predict(s.params, s.data.x_test), s.data.y_test),
+                                needs={"test"}),
+    "accuracy": lambda: scalar("accuracy", lambda s: losses.accuracy(s.predict(s.params, s.data.x), s.data.y),
+                               needs={"classification"}),
+    "test_accuracy": lambda: scalar(
+        "test_accuracy", lambda s: losses.accuracy(s.predict(s.params, s.data.x_test), s.data.y_test),
+        needs={"classification", "test"}),
+    "param_norm": lambda: scalar("param_norm", lambda s: norm(s.params)),
+    "grad_norm": lambda: scalar("grad_norm", lambda s: norm(jax.grad(s.loss_fn)(s.params))),
+    "relative_change": lambda: scalar("relative_change", lambda s: relative_change(s.params, s.params0)),
+    "relative_change_layer": lambda: scalar(
+        "relative_change_layer", lambda s: jnp.stack([relative_change(p, p0) for (_, p), (_, p0)
+                                                      in zip(layers(s.params), layers(s.params0))]),
+        dims=("layer",)),
+    "sharpness": sharpness,
+    "preconditioned_sharpness": preconditioned_sharpness,
+    "directional_curvature": directional_curvature,
+    "preconditioned_directional_curvature": lambda: directional_curvature(preconditioned=True),
+    "trace": trace,
 }
 
 
+def probe(name: str) -> Probe:
+    """The built-in probe called `name`, with default settings."""
+    if not isinstance(name, str) or name not in BUILTIN:
+        raise ConfigError("probes", f"unknown probe {name!r}",
+                          f"use engine.probes.Probe or one of {', '.join(BUILTIN)}")
+    return BUILTIN[name]()
+
+
 def resolve(probes) -> tuple[Probe, ...]:
-    """Probe objects from names or `Probe`s; a ConfigError for an unknown name."""
-    out = []
-    for p in probes:
-        if isinstance(p, Probe):
-            out.append(p)
-        elif isinstance(p, str) and p in BUILTIN:
-            out.append(BUILTIN[p])
-        else:
-            raise ConfigError("probes", f"unknown probe {p!r}",
-                              f"use engine.probes.Probe or one of {', '.join(BUILTIN)}")
-    names = [p.name for p in out]
-    dup = {n for n in names if names.count(n) > 1}
+    """Probe objects from names or `Probe`s; a ConfigError for an unknown name or a
+    variable recorded twice."""
+    require(isinstance(probes, (list, tuple)) and len(probes) >= 1, "probes", f"got {probes!r}",
+            "give a list of probe names, e.g. ('loss', 'sharpness')")
+    out = tuple(p if isinstance(p, Probe) else probe(p) for p in probes)
+    names = [v for p in out for v in p.outputs]
+    dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ConfigError("probes", f"probe {sorted(dup)[0]!r} is listed twice", "list each probe once")
-    return tuple(out)
+        raise ConfigError("probes", f"{dup[0]!r} is recorded twice", "list each probe once")
+    return out

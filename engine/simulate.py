@@ -76,7 +76,7 @@ class Simulation:
     record_steps: np.ndarray
     defaults: dict
     probes: tuple
-    probe_coords: dict       # dim name -> coordinate values (e.g. layer names)
+    probe_coords: dict       # dim name -> coordinate values (layer names, eigen index)
     config: dict
     optimizer: Optimizer
 
@@ -155,7 +155,12 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                 "use a positive number or None")
     probe_list = probes_module.resolve(probes)
     classification = data.y.ndim == 2 and data.y.shape[1] > 1
+    from engine.optim import PRECONDITIONED
     for p in probe_list:
+        if "preconditioner" in p.needs and optimizer.name not in PRECONDITIONED:
+            raise ConfigError("probes", f"probe {p.name!r} needs a diagonal preconditioner and "
+                              f"optimizer '{optimizer.name}' has none",
+                              f"use one of {', '.join(PRECONDITIONED)}, or the unpreconditioned probe")
         if "test" in p.needs and data.x_test is None:
             raise ConfigError("probes", f"probe {p.name!r} needs a test set and the data has none",
                               "give data with x_test/y_test or drop the probe")
@@ -178,8 +183,9 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
             "the initializer and the optimizer", "rename one")
     record_steps = np.minimum(np.arange(0, steps + every, every), steps)
     record_steps = np.unique(record_steps)
-    layer_names = [name for name, _ in layers(params_shape)] if any(
-        "layer" in p.dims for p in probe_list) else []
+    coords = {"layer": [name for name, _ in layers(params_shape)]}
+    for p in probe_list:
+        coords.update(p.coords)
 
     def resolve(hp):
         hp = {**{k: jnp.asarray(v, jnp.result_type(float)) for k, v in defaults.items()}, **hp}
@@ -188,14 +194,15 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     def objective(params, x, y):
         return loss_fn_(model.apply(params, x), y)
 
-    def measure(state: RunState, hp, data):
+    def measure(state: RunState, hp, data, first: bool):
         snap = probes_module.Snapshot(
-            state.params, state.params0, lambda p: objective(p, data.x, data.y), model.apply,
-            data, loss_fn_, state.opt_state, hp, jax.random.fold_in(state.key, state.step))
+            state.params, state.params0, lambda p: objective(p, data.x, data.y), objective,
+            model.apply, data, loss_fn_, state.opt_state, optimizer, hp,
+            jax.random.fold_in(state.key, state.step), first)
         values, new_states = {}, []
         for p, ps in zip(probe_list, state.probe_state):
             v, ps = p.measure(snap, ps)
-            values[p.name] = v
+            values.update(v)
             new_states.append(ps)
         # After divergence a run's records are NaN: the frozen values are not a trajectory.
         dead = state.diverged & (state.diverged_step < jnp.minimum(state.step, steps))
@@ -211,7 +218,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                          tuple(p.init(params) if p.init else None for p in probe_list),
                          jnp.int32(0), k_run, jnp.bool_(False), jnp.int32(-1),
                          jnp.bool_(False), jnp.int32(-1))
-        values, probe_state = measure(state, hp, data)
+        values, probe_state = measure(state, hp, data, first=True)
         return state._replace(probe_state=probe_state), values
 
     def train_step(state: RunState, hp, data, opt):
@@ -245,7 +252,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
 
         def interval(state, _):
             state = jax.lax.fori_loop(0, every, lambda _, s: train_step(s, hp, data, opt), state)
-            values, probe_state = measure(state, hp, data)
+            values, probe_state = measure(state, hp, data, first=False)
             return state._replace(probe_state=probe_state), values
 
         return jax.lax.scan(interval, state, length=intervals)
@@ -258,4 +265,4 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
     }
     return Simulation(init_state, advance, data, steps, every, record_steps, defaults,
-                      probe_list, {"layer": layer_names}, config, optimizer)
+                      probe_list, coords, config, optimizer)

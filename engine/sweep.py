@@ -331,11 +331,12 @@ def _dataset(sim, grid, seeds, records, flags) -> xr.Dataset:
     coords = {"seed": seeds, **grid, "step": sim.record_steps}
     data_vars = {}
     for p in sim.probes:
-        arr = records[p.name]
-        data_vars[p.name] = ((*dims, "step", *p.dims), arr.reshape(*shape, *arr.shape[1:]))
-        for d in p.dims:
-            if d in sim.probe_coords and len(sim.probe_coords[d]) == arr.shape[2 + p.dims.index(d)]:
-                coords[d] = sim.probe_coords[d]
+        for name, extra in p.outputs.items():
+            arr = records[name]
+            data_vars[name] = ((*dims, "step", *extra), arr.reshape(*shape, *arr.shape[1:]))
+            for i, d in enumerate(extra):
+                if d in sim.probe_coords and len(sim.probe_coords[d]) == arr.shape[2 + i]:
+                    coords[d] = sim.probe_coords[d]
     for f in FLAGS:
         data_vars[f] = (dims, flags[f].reshape(shape))
     return xr.Dataset(data_vars, coords=coords)

@@ -6,7 +6,7 @@ import jax.monitoring
 import numpy as np
 import pytest
 
-from engine import data, experiment, init, models, optim, simulate, sweep
+from engine import data, experiment, init, models, optim, probes, simulate, sweep
 from engine.errors import ConfigError
 
 
@@ -66,6 +66,13 @@ CASES = {
     "--set wrong type": ("--set steps", lambda: experiment.parse_set(["steps=many"], {"steps": 100})),
     "--set scalar for list": ("--set widths", lambda: experiment.parse_set(["widths=5"], {"widths": [1, 2]})),
     "missing npz": ("path", lambda: data.from_npz("no/such/file.npz")),
+    "preconditioned probe with plain GD": ("probes", lambda: two_layer(probes=("preconditioned_sharpness",))),
+    "preconditioned curvature with momentum": ("probes", lambda: two_layer(
+        optimizer=optim.momentum(), probes=("preconditioned_directional_curvature",))),
+    "sharpness with more eigenvalues than iterations": ("probes.iters", lambda: two_layer(
+        probes=(probes.sharpness(k=5, iters=3),))),
+    "unknown eigen-solver": ("probes.method", lambda: probes.sharpness(method="arpack")),
+    "stability threshold of lion": ("optimizer", lambda: optim.stability_threshold(optim.lion(), {})),
 }
 
 

@@ -1,0 +1,216 @@
+"""Curvature of a loss, in pure JAX, so it runs inside the compiled training loop for
+every run of a vmapped sweep (no host round trip per Hessian-vector product).
+
+`loss_fn(params) -> scalar` closes over the data; `params`, vectors and
+preconditioners are pytrees shaped like `params`. Eigen-solvers work on the flattened
+parameter vector theta: [n].
+
+    hvp                        H v, forward-over-reverse (jvp of grad) or reverse-over-forward
+    top_eigenvalues            top-k of H (or of P^-1/2 H P^-1/2): Lanczos with full
+                               reorthogonalization, power (subspace) iteration, LOBPCG
+    sharpness                  lambda_max(H)                       (Cohen et al. 2021)
+    preconditioned_sharpness   lambda_max(P^-1 H) = lambda_max(P^-1/2 H P^-1/2)  (Cohen et al. 2022)
+    directional_curvature      d^T H d / d^T d; with P: (d^T H d) / (d^T P d), d = P^-1 g
+    hutchinson_trace           tr H ~ mean_z z^T H z, z Rademacher  (Hutchinson 1989)
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from engine.errors import ConfigError, require
+
+METHODS = ("lanczos", "power", "lobpcg")
+HVP_MODES = ("forward_over_reverse", "reverse_over_forward")
+
+
+class Eigen(NamedTuple):
+    """values: [k] (descending); vectors: [k, n] (unit rows, flattened params);
+    residuals: [k], ||A v - lambda v|| / |lambda|."""
+    values: jax.Array
+    vectors: jax.Array
+    residuals: jax.Array
+
+
+def hvp(loss_fn: Callable, params, v, mode: str = "forward_over_reverse"):
+    """H v for the Hessian H of `loss_fn` at `params` (v: pytree like params).
+
+    forward_over_reverse: d/de grad L(theta + e v) (jvp of grad; the cheap one);
+    reverse_over_forward: grad_theta <grad L(theta), v> (for benchmarking)."""
+    if mode == "forward_over_reverse":
+        return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+    if mode == "reverse_over_forward":
+        return jax.grad(lambda p: jax.jvp(loss_fn, (p,), (v,))[1])(params)
+    raise ConfigError("mode", f"unknown value {mode!r}", f"use one of {', '.join(HVP_MODES)}")
+
+
+def flat_operator(loss_fn: Callable, params, precond=None, mode: str = "forward_over_reverse"):
+    """(matvec, n, unravel): u -> A u on flat vectors with A = H, or with a diagonal
+    preconditioner P (pytree of positive entries) the symmetric A = P^-1/2 H P^-1/2,
+    whose eigenvalues are those of P^-1 H."""
+    flat, unravel = ravel_pytree(params)
+    scale = None if precond is None else jax.lax.rsqrt(ravel_pytree(precond)[0])
+
+    def matvec(u):
+        if scale is not None:
+            u = scale * u
+        out = ravel_pytree(hvp(loss_fn, params, unravel(u.astype(flat.dtype)), mode))[0]
+        return out if scale is None else scale * out
+
+    return matvec, flat.shape[0], unravel
+
+
+def _start_block(key, n, dtype, init, k):
+    """Start vectors [p, n]: the previous eigenvectors (warm start) plus a little noise
+    so that no direction is exactly missing; k random vectors when there is no usable
+    previous estimate (none given, all zero, or not finite). For Lanczos a cold start is
+    one random vector (p = 1)."""
+    if init is None:
+        return jax.random.normal(key, (k, n), dtype)
+    warm = jnp.atleast_2d(init).astype(dtype)
+    noise = jax.random.normal(key, warm.shape, dtype) / jnp.sqrt(n)
+    usable = jnp.all(jnp.isfinite(warm)) & (jnp.linalg.norm(warm) > 0)
+    return jnp.where(usable, jnp.where(usable, warm, 0.0) + 1e-3 * noise, noise)
+
+
+def _orthogonalize(x, Q, filled):
+    """x minus its projection on the first `filled` rows of Q (Gram-Schmidt twice),
+    normalized; zero if nothing is left (the Krylov space is exhausted)."""
+    mask = (jnp.arange(Q.shape[0]) < filled)[:, None]
+    for _ in range(2):
+        x = x - ((mask * Q) @ x) @ (mask * Q)
+    size = jnp.linalg.norm(x)
+    return jnp.where(size > 1e-10 * (1 + jnp.linalg.norm(Q[0])), x / jnp.maximum(size, 1e-30), 0.0)
+
+
+def lanczos(matvec, X0, iters: int, k: int = 1) -> Eigen:
+    """k largest eigenpairs of a symmetric operator by Lanczos with full
+    reorthogonalization, `iters` products in all, started from the p = X0.shape[0]
+    rows of X0 as in thick-restart Lanczos (Wu & Simon 2000): the basis is span(X0)
+    plus the Krylov space of the residual of its top Ritz vector. p = 1 is classic
+    Lanczos; a warm start passes the previous Ritz vectors, so an eigenvector that
+    rotates within a cluster of close eigenvalues between two measurements is found
+    again in a few products. The projected eigenproblem is solved on device; residuals
+    ||A y - theta y|| / |theta| are exact, from the stored products A Q."""
+    X0 = jnp.atleast_2d(X0)
+    p, n = X0.shape
+    m = max(iters, p)
+    Q = jnp.zeros((m, n), X0.dtype)
+    for i in range(p):
+        Q = Q.at[i].set(_orthogonalize(X0[i], Q, i))
+    AQ = jnp.zeros((m, n), X0.dtype).at[:p].set(jax.vmap(matvec)(Q[:p]))
+    if p == 1:
+        nxt = AQ[0]
+    else:  # the residual direction of the block's top Ritz vector
+        theta, S = jnp.linalg.eigh(Q[:p] @ AQ[:p].T)
+        nxt = S[:, -1] @ AQ[:p]
+
+    def step(j, carry):
+        Q, AQ, nxt = carry
+        q = _orthogonalize(nxt, Q, j)
+        Aq = matvec(q)
+        return Q.at[j].set(q), AQ.at[j].set(Aq), Aq
+
+    Q, AQ, _ = jax.lax.fori_loop(p, m, step, (Q, AQ, nxt))
+    T = Q @ AQ.T
+    theta, S = jnp.linalg.eigh(0.5 * (T + T.T))
+    theta, S = theta[::-1][:k], S[:, ::-1][:, :k]
+    vectors, Avectors = S.T @ Q, S.T @ AQ
+    residuals = jnp.linalg.norm(Avectors - theta[:, None] * vectors, axis=1) / jnp.abs(theta)
+    return Eigen(theta, vectors, residuals)
+
+
+def power_iteration(matvec, X0, iters: int) -> Eigen:
+    """Subspace (block power) iteration on k = X0.shape[0] vectors with a Rayleigh-Ritz
+    step at the end. Converges to the k eigenvalues of largest magnitude, which are the
+    largest ones when the Hessian is dominated by its positive outliers."""
+    def step(_, X):
+        Q, _ = jnp.linalg.qr(jax.vmap(matvec)(X).T)
+        return Q.T
+    X = jnp.linalg.qr(X0.T)[0].T
+    X = jax.lax.fori_loop(0, iters, step, X)
+    return _rayleigh_ritz(matvec, X)
+
+
+def _rayleigh_ritz(matvec, X) -> Eigen:
+    AX = jax.vmap(matvec)(X)
+    theta, S = jnp.linalg.eigh(X @ AX.T)
+    theta, S = theta[::-1], S[:, ::-1]
+    vectors, Avecs = S.T @ X, S.T @ AX
+    residuals = jnp.linalg.norm(Avecs - theta[:, None] * vectors, axis=1) / jnp.abs(theta)
+    return Eigen(theta, vectors, residuals)
+
+
+def lobpcg(matvec, X0, iters: int) -> Eigen:
+    """LOBPCG (jax.experimental.sparse.linalg.lobpcg_standard) on k = X0.shape[0] vectors."""
+    from jax.experimental.sparse.linalg import lobpcg_standard
+    _, X, _ = lobpcg_standard(lambda X: jax.vmap(matvec, in_axes=1, out_axes=1)(X), X0.T, m=iters)
+    return _rayleigh_ritz(matvec, X.T)
+
+
+def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
+                    method: str = "lanczos", precond=None, init=None,
+                    mode: str = "forward_over_reverse") -> Eigen:
+    """Top-k eigenpairs of H = hessian(loss_fn)(params), or of P^-1/2 H P^-1/2 with a
+    diagonal preconditioner `precond` (its eigenvalues are those of P^-1 H).
+
+    init: [p, n] (or [n]) previous eigenvectors to warm-start from (Lanczos uses all p
+    as its start block, the others their first k). Cost in Hessian-vector products:
+    Lanczos `iters` in all (rounded down to a multiple of p); power and LOBPCG `iters`
+    products of a block of k vectors, plus k for the Ritz step.
+    """
+    require(isinstance(k, int) and k >= 1, "k", f"got {k!r}", "use an integer >= 1")
+    require(isinstance(iters, int) and iters >= 1, "iters", f"got {iters!r}", "use an integer >= 1")
+    require(method in METHODS, "method", f"unknown value {method!r}", f"use one of {', '.join(METHODS)}")
+    matvec, n, _ = flat_operator(loss_fn, params, precond, mode)
+    require(k <= n, "k", f"k={k} exceeds the {n} parameters", f"use k <= {n}")
+    dtype = ravel_pytree(params)[0].dtype
+    if method == "lanczos":
+        require(k <= iters <= n, "iters", f"Lanczos needs k <= iters <= n, got k={k}, iters={iters}, n={n}",
+                f"use iters in [{k}, {n}]")
+        X0 = _start_block(key, n, dtype, init, 1)
+        return lanczos(matvec, X0, iters, k)
+    X0 = _start_block(key, n, dtype, init, k)
+    if method == "power":
+        return power_iteration(matvec, X0, iters)
+    require(n >= 5 * k, "k", f"LOBPCG needs n >= 5k, got n={n}, k={k}", "use lanczos for tiny models")
+    return lobpcg(matvec, X0, iters)
+
+
+def sharpness(loss_fn: Callable, params, key, iters: int = 20) -> jax.Array:
+    """lambda_max of the Hessian of the training loss (Cohen et al. 2021). Scalar."""
+    return top_eigenvalues(loss_fn, params, key, 1, iters).values[0]
+
+
+def preconditioned_sharpness(loss_fn: Callable, params, precond, key, iters: int = 20) -> jax.Array:
+    """lambda_max(P^-1 H) for a diagonal preconditioner P (pytree of positive entries),
+    computed in the symmetric form P^-1/2 H P^-1/2 (Cohen et al. 2022). Scalar."""
+    return top_eigenvalues(loss_fn, params, key, 1, iters, precond=precond).values[0]
+
+
+def _dot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def directional_curvature(loss_fn: Callable, params, direction, precond=None) -> jax.Array:
+    """Curvature along a direction: d^T H d / d^T d. With a preconditioner P and the
+    gradient g as `direction`, the curvature of P^-1/2 H P^-1/2 along u = P^-1/2 g,
+    which equals (d^T H d) / (d^T P d) for the update direction d = P^-1 g
+    (Bai et al. 2025). Scalar; one Hessian-vector product."""
+    d = direction if precond is None else jax.tree.map(jnp.divide, direction, precond)
+    Hd = hvp(loss_fn, params, d)
+    norm = _dot(d, d) if precond is None else _dot(d, jax.tree.map(jnp.multiply, precond, d))
+    return _dot(d, Hd) / norm
+
+
+def hutchinson_trace(loss_fn: Callable, params, key, samples: int = 16) -> tuple[jax.Array, jax.Array]:
+    """tr H estimated as the mean of z^T H z over `samples` Rademacher vectors z
+    (Hutchinson 1989). Returns (estimate, its standard error)."""
+    require(isinstance(samples, int) and samples >= 2, "samples", f"got {samples!r}", "use samples >= 2")
+    flat, unravel = ravel_pytree(params)
+    z = jax.random.rademacher(key, (samples, flat.shape[0]), flat.dtype)
+    quad = jax.vmap(lambda zi: jnp.dot(zi, ravel_pytree(hvp(loss_fn, params, unravel(zi)))[0]))(z)
+    return quad.mean(), quad.std(ddof=1) / jnp.sqrt(samples)
