@@ -172,16 +172,138 @@ def batching(quick: bool, peak: float) -> list[dict]:
     return out
 
 
-WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": batching}
+def _record(name, runs, steps, strategy, rate, baseline, base_rate, peak, compile_s, flops_per_step=0.0, **extra):
+    gflops = flops_per_step * rate / 1e9
+    return {"name": name, "runs": runs, "steps": steps, "strategy": strategy,
+            "engine_run_steps_per_s": round(rate, 2), "baseline": baseline,
+            "baseline_run_steps_per_s": round(base_rate, 2), "speedup": round(rate / base_rate, 3),
+            "gflops": round(gflops, 3), "gemm_peak_gflops": round(peak, 2),
+            "peak_fraction": round(gflops / peak, 4), "compile_s": round(compile_s, 3),
+            "peak_memory_mb": round(peak_memory_mb(), 1), "device": device_name(), **extra}
+
+
+def _models(quick):
+    """(name, model, data) of the workloads' networks."""
+    return [("two_layer_relu_w1000_luo", models.mlp((1, 1000, 1), "relu"), data.luo_points()),
+            ("mlp_1-100-1_tanh_chebyshev", models.mlp((1, 100, 1), "tanh"), data.chebyshev(3, 20)),
+            ("mlp_64-200-200-10_tanh_digits", models.mlp((64, 200, 200, 10), "tanh"), data.digits())]
+
+
+def hvp_cost(quick: bool, peak: float) -> list[dict]:
+    """One Hessian-vector product over one gradient, each mode, for each network."""
+    from engine import curvature, losses
+    out = []
+    for name, model, d in _models(quick):
+        params = model.init(jax.random.key(0))
+        loss_fn = lambda p: losses.mse(model.apply(p, d.x), d.y)
+        v = jax.tree.map(jnp.ones_like, params)
+        grad = jax.jit(jax.grad(loss_fn))
+        t_c = time.perf_counter()
+        jax.block_until_ready(grad(params))
+        compile_s = time.perf_counter() - t_c
+        reps = 20 if quick else 200
+        t_grad = min(_timed(lambda: [jax.block_until_ready(grad(params)) for _ in range(reps)]) for _ in range(3)) / reps
+        for mode in curvature.HVP_MODES:
+            hvp = jax.jit(lambda p, v: curvature.hvp(loss_fn, p, v, mode))
+            jax.block_until_ready(hvp(params, v))
+            t_hvp = min(_timed(lambda: [jax.block_until_ready(hvp(params, v)) for _ in range(reps)])
+                        for _ in range(3)) / reps
+            out.append(_record(f"hvp_{name}", 1, 1, mode, 1 / t_hvp, "grad", 1 / t_grad, peak, compile_s,
+                               hvp_over_grad=round(t_hvp / t_grad, 3)))
+    return out
+
+
+def eigsh_loop(model, scheme, dataset, lr, hp, steps, every, runs) -> float:
+    """run-steps/s of today's common practice: a jit step in Python loops, and every
+    `every` steps scipy's eigsh on a host LinearOperator whose matvec is a jit HVP."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from engine import curvature
+    from jax.flatten_util import ravel_pytree
+    loss = lambda p: 0.5 * jnp.mean(jnp.sum((model.apply(p, dataset.x) - dataset.y) ** 2, -1))
+    tx = optax.sgd(lr)
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    @jax.jit
+    def hvp_flat(p, v):
+        return ravel_pytree(curvature.hvp(loss, p, ravel_pytree(p)[1](v)))[0]
+
+    def sharpness(p):
+        n = ravel_pytree(p)[0].shape[0]
+        op = LinearOperator((n, n), matvec=lambda v: np.asarray(hvp_flat(p, jnp.asarray(v, jnp.float32))),
+                            dtype=np.float32)
+        return eigsh(op, k=1, which="LA", tol=1e-3)[0][0]
+
+    def all_runs():
+        for r in range(runs):
+            p = scheme.sample(jax.random.key(r), hp)
+            s = tx.init(p)
+            for t in range(steps):
+                if t % every == 0:
+                    sharpness(p)
+                p, s = step(p, s)
+            jax.block_until_ready(p)
+
+    p0 = scheme.sample(jax.random.key(0), hp)
+    jax.block_until_ready(step(p0, tx.init(p0)))
+    sharpness(p0)
+    return runs * steps / _timed(all_runs)
+
+
+def sharpness_overhead(quick: bool, peak: float) -> list[dict]:
+    """Tiny edge-of-stability sweep: 1-100-1 tanh on chebyshev-3-20, 256 runs (lr x seeds),
+    GD, sharpness every 10 steps (Lanczos 20 cold / 10 warm); against the same sweep bare
+    and against the eigsh loop; and the same for the digits MLP."""
+    from engine import probes
+    out = []
+    tiny = dict(model=models.mlp((1, 100, 1), "tanh"), d=data.chebyshev(3, 20),
+                grid={"lr": [float(x) for x in np.linspace(0.05, 0.4, 32)]}, seeds=1 if quick else 8,
+                steps=100 if quick else 2000, base_runs=1 if quick else 2, base_steps=100 if quick else 200)
+    digits = dict(model=models.mlp((64, 200, 200, 10), "tanh"), d=data.digits(),
+                  grid={"lr": [0.02, 0.05] if quick else [0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08]},
+                  seeds=1 if quick else 2, steps=20 if quick else 500, base_runs=1, base_steps=20 if quick else 100)
+    for label, w in (("tiny_eos_1-100-1", tiny), ("digits_eos_64-200-200-10", digits)):
+        scheme = init.scaled(w["model"])
+        make = lambda probe_list: simulate.simulation(w["model"], w["d"], "mse", optim.gd(), scheme,
+                                                      steps=w["steps"], every=10, probes=probe_list)
+        bare_sim, probed_sim = make(("loss",)), make(("loss", probes.sharpness(iters=20, warm_iters=10)))
+        runs = w["seeds"] * len(w["grid"]["lr"])
+        results = {}
+        for tag, sim in (("bare", bare_sim), ("sharpness", probed_sim)):
+            ds = sweep.sweep(sim, grid=w["grid"], seeds=w["seeds"], progress=False)
+            plan = sweep.config_of(ds)["plans"][0]
+            results[tag] = (runs * sim.steps / plan["seconds"]["run"], plan)
+        base = eigsh_loop(w["model"], scheme, w["d"], 0.1, {"init_scale": 1.0}, w["base_steps"], 10, w["base_runs"])
+        rate, plan = results["sharpness"]
+        strategy = f"{plan['strategy']}(batch={plan['map_batch'] or 1})" if plan["strategy"] == "map" else "vmap"
+        flops = train_flops_per_step(probed_sim)
+        out.append(_record(f"{label}_sharpness_every_10", runs, probed_sim.steps, strategy, rate, "eigsh_loop",
+                           base, peak, plan["seconds"]["compile"], flops,
+                           probe_cost=round(results["bare"][0] / rate, 3)))
+        out.append(_record(f"{label}_sharpness_every_10", runs, probed_sim.steps, strategy, rate, "bare_sweep",
+                           results["bare"][0], peak, plan["seconds"]["compile"], flops,
+                           probe_cost=round(results["bare"][0] / rate, 3)))
+    return out
+
+
+WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": batching,
+             "hvp_cost": hvp_cost, "sharpness_overhead": sharpness_overhead}
 
 
 def markdown_table(records: list[dict]) -> str:
     """The README's table of a results file."""
     cols = ("name", "runs", "steps", "strategy", "engine_run_steps_per_s", "baseline",
             "baseline_run_steps_per_s", "speedup", "peak_fraction", "compile_s")
+    extra = lambda r: ", ".join(f"{k} {r[k]}" for k in ("hvp_over_grad", "probe_cost") if k in r)
+    cols = cols + ("",)
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in records]
-    return "\n".join(rows) + f"\n\nDevice: {records[0]['device']}; float32 GEMM peak " \
+    rows += ["| " + " | ".join(str(r[c]) for c in cols[:-1]) + f" | {extra(r)} |" for r in records
+             if not r["name"].startswith("batching")]
+    return "\n".join(rows) + f"\n\nThe `batching_w*` records (the table above) are in the same file. Device: {records[0]['device']}; float32 GEMM peak " \
         f"{records[0]['gemm_peak_gflops']} GFLOP/s measured in the same process."
 
 

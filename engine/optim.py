@@ -100,34 +100,35 @@ PRECONDITIONED = ("adam", "adamw", "rmsprop", "adagrad")
 def _find_state(opt_state, cls):
     found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, cls))
              if isinstance(s, cls)]
-    if not found:
-        raise ConfigError("optimizer", f"no {cls.__name__} in the optimizer state",
-                          "use an optimizer built by engine.optim")
-    return found[0]
+    return found[0] if found else None
 
 
-def preconditioner(optimizer: Optimizer, opt_state, hparams: dict):
+def preconditioner(opt_state, hparams: dict):
     """The diagonal preconditioner P (a pytree like params) read from optax's own state,
-    so that the optimizer's next update is -lr P^-1 m (m the momentum, or the gradient).
+    so that the optimizer's next update is -lr P^-1 m (m the momentum, or the gradient):
 
-    adam/adamw: P_t = (1 - b1^t) (sqrt(v_t / (1 - b2^t)) + eps)   (Cohen et al. 2022)
-    rmsprop:    P = sqrt(v + eps)          adagrad: P = sqrt(sum g^2 + eps)
-    Before the first step of Adam (t = 0) P is undefined and returned as NaN.
+    adam/adamw (ScaleByAdamState):  P_t = (1 - b1^t) (sqrt(v_t / (1 - b2^t)) + eps)
+                                    (Cohen et al. 2022); before the first step (t = 0)
+                                    P is undefined and returned as NaN
+    rmsprop (ScaleByRmsState):      P = sqrt(v + eps)
+    adagrad (ScaleByRssState):      P = sqrt(sum g^2 + eps)
+
+    `hparams` holds b1, b2, eps as the optimizer was built with.
     """
-    require(optimizer.name in PRECONDITIONED, "probes",
-            f"optimizer '{optimizer.name}' has no diagonal preconditioner",
-            f"use one of {', '.join(PRECONDITIONED)} for preconditioned probes")
-    if optimizer.name in ("adam", "adamw"):
-        s = _find_state(opt_state, optax.ScaleByAdamState)
-        t = s.count.astype(jnp.result_type(float))
+    adam = _find_state(opt_state, optax.ScaleByAdamState)
+    if adam is not None:
+        t = adam.count.astype(jnp.result_type(float))
         b1, b2, eps = hparams["b1"], hparams["b2"], hparams["eps"]
         defined = jnp.where(t > 0, 1.0, jnp.nan)
-        return jax.tree.map(lambda v: defined * (1 - b1**t) * (jnp.sqrt(v / (1 - b2**t)) + eps), s.nu)
-    if optimizer.name == "rmsprop":
-        s = _find_state(opt_state, optax.ScaleByRmsState)
-        return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), s.nu)
-    s = _find_state(opt_state, optax.ScaleByRssState)
-    return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), s.sum_of_squares)
+        return jax.tree.map(lambda v: defined * (1 - b1**t) * (jnp.sqrt(v / (1 - b2**t)) + eps), adam.nu)
+    rms = _find_state(opt_state, optax.ScaleByRmsState)
+    if rms is not None:
+        return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), rms.nu)
+    rss = _find_state(opt_state, optax.ScaleByRssState)
+    if rss is not None:
+        return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), rss.sum_of_squares)
+    raise ConfigError("optimizer", "the optimizer state holds no diagonal preconditioner",
+                      f"use one of {', '.join(PRECONDITIONED)}")
 
 
 def stability_threshold(optimizer: Optimizer, hparams: dict):

@@ -104,8 +104,10 @@ def _check_curvature_args(k, iters, warm_iters, method, examples):
             f"got {examples!r}", "use a number of examples >= 1, or None for all")
 
 
-def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, preconditioned):
+def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, preconditioned, mode):
     _check_curvature_args(k, iters, warm_iters, method, examples)
+    require(mode in curvature.HVP_MODES, "probes.mode", f"unknown value {mode!r}",
+            f"use one of {', '.join(curvature.HVP_MODES)}")
     dims = ("eigen",) if k > 1 else ()
 
     def init(params):
@@ -116,14 +118,14 @@ def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, pr
         precond = None
         if preconditioned:
             from engine.optim import preconditioner
-            precond = preconditioner(snap.optimizer, snap.opt_state, snap.hparams)
+            precond = preconditioner(snap.opt_state, snap.hparams)
         # Warm start from the previous top-k eigenvectors alone: tracking extra Ritz
         # vectors was measured to cost accuracy (it spends products on the block and its
         # poorly converged members), see tests/test_curvature.py.
         eig = curvature.top_eigenvalues(
             _loss_on(snap, examples), snap.params, _key(snap, name), k=k,
             iters=iters if snap.first else warm_iters, method=method, precond=precond,
-            init=None if snap.first else vectors)
+            init=None if snap.first else vectors, mode=mode)
         ok = jnp.all(jnp.isfinite(eig.vectors))  # a failed solve must not poison the next one
         vectors = jnp.where(ok, eig.vectors, vectors)
         pick = (lambda a: a) if k > 1 else (lambda a: a[0])
@@ -135,21 +137,23 @@ def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, pr
 
 
 def sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10, method: str = "lanczos",
-              examples: int | None = None) -> Probe:
+              examples: int | None = None, mode: str = "forward_over_reverse") -> Probe:
     """Top-k eigenvalues of the training-loss Hessian (`sharpness`) and their residuals
     ||Hv - lambda v|| / |lambda| (`eigen_residual`). The first measurement runs `iters`
     Hessian-vector products from a random start; later ones `warm_iters`, starting from
-    the eigenvectors of the previous measurement."""
-    return _eigen_probe("sharpness", "eigen_residual", k, iters, warm_iters, method, examples, False)
+    the eigenvectors of the previous measurement. `mode` picks the HVP formulation
+    (`engine.curvature.hvp`); `examples` the first-n subset the Hessian is taken on."""
+    return _eigen_probe("sharpness", "eigen_residual", k, iters, warm_iters, method, examples, False, mode)
 
 
 def preconditioned_sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10,
-                             method: str = "lanczos", examples: int | None = None) -> Probe:
+                             method: str = "lanczos", examples: int | None = None,
+                             mode: str = "forward_over_reverse") -> Probe:
     """lambda_max(P^-1 H) with P the optimizer's diagonal preconditioner read from its
     state (`engine.optim.preconditioner`); compare with
     `engine.optim.stability_threshold` (38/lr for Adam at b1 = 0.9)."""
     return _eigen_probe("preconditioned_sharpness", "preconditioned_eigen_residual", k, iters,
-                        warm_iters, method, examples, True)
+                        warm_iters, method, examples, True, mode)
 
 
 def directional_curvature(examples: int | None = None, preconditioned: bool = False) -> Probe:
@@ -164,7 +168,7 @@ def directional_curvature(examples: int | None = None, preconditioned: bool = Fa
         precond = None
         if preconditioned:
             from engine.optim import preconditioner
-            precond = preconditioner(snap.optimizer, snap.opt_state, snap.hparams)
+            precond = preconditioner(snap.opt_state, snap.hparams)
         return curvature.directional_curvature(loss_fn, snap.params, jax.grad(loss_fn)(snap.params), precond)
 
     return scalar(name, fn, needs={"preconditioner"} if preconditioned else ())

@@ -130,7 +130,7 @@ def test_preconditioner_from_optax_state_reproduces_the_update(name):
     for t in range(1, 6):
         g = jax.grad(loss_fn)(params)
         update, state = tx.update(g, state, params)
-        P = optim.preconditioner(opt, state, hp)
+        P = optim.preconditioner(state, hp)
         m = state[0].mu if name in ("adam", "adamw") else g
         expected = jax.tree.map(lambda m, p: -hp["lr"] * m / p, m, P)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9), update, expected)
@@ -140,7 +140,7 @@ def test_preconditioner_from_optax_state_reproduces_the_update(name):
 def test_adam_preconditioner_is_undefined_before_the_first_step():
     opt = optim.adam()
     _, params, _ = problem(widths=(2, 3, 1), n=4)
-    P = optim.preconditioner(opt, opt.build(opt.defaults).init(params), opt.defaults)
+    P = optim.preconditioner(opt.build(opt.defaults).init(params), opt.defaults)
     assert all(bool(jnp.all(jnp.isnan(p))) for p in jax.tree.leaves(P))
 
 
@@ -196,7 +196,7 @@ def test_preconditioned_probes_in_an_adam_run_match_dense(x64):
     state, rec0 = jax.jit(sim.init)(jax.random.key(1), hp, sim.data)
     assert np.isnan(rec0["preconditioned_sharpness"])  # P is undefined before Adam's first step
     state, rec = jax.jit(lambda s: sim.advance(s, hp, sim.data, 2))(state)
-    P = optim.preconditioner(sim.optimizer, state.opt_state, {**sim.defaults})
+    P = optim.preconditioner(state.opt_state, {**sim.defaults})
     assert float(rec["preconditioned_sharpness"][-1]) == pytest.approx(dense_top(sim, state.params, 1, P)[0], rel=1e-3)
     assert np.isfinite(rec["preconditioned_directional_curvature"]).all()
 
