@@ -87,6 +87,18 @@ EIGHT_DEVICES = textwrap.dedent("""
     assert "x8" in eight.attrs["device"] and "x1" in one.attrs["device"]
     xr.testing.assert_allclose(eight.drop_attrs(), one.drop_attrs(), rtol=1e-6)
     assert bool(eight.diverged.sel(lr=40.0).all()) and not bool(eight.diverged.sel(lr=0.1).any())
+    # curvature probes (Lanczos loops inside the scan) shard the same way
+    model = models.mlp((1, 16, 1), "tanh")
+    sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(), init.scaled(model),
+                              steps=20, every=10, probes=("loss", "sharpness", "directional_curvature"))
+    for strategy in ("vmap", "map"):
+        eight = sweep.sweep(sim, grid={"lr": [0.05, 0.1, 0.2]}, seeds=3, strategy=strategy)
+        one = sweep.sweep(sim, grid={"lr": [0.05, 0.1, 0.2]}, seeds=3, strategy=strategy,
+                          devices=jax.devices()[:1])
+        # a converged residual is rounding noise (~1e-7): compare it absolutely
+        xr.testing.assert_allclose(eight.drop_attrs().drop_vars("eigen_residual"),
+                                   one.drop_attrs().drop_vars("eigen_residual"), rtol=1e-5)
+        np.testing.assert_allclose(eight.eigen_residual, one.eigen_residual, atol=1e-5)
     print("OK")
 """)
 
