@@ -1,0 +1,1 @@
+import engine  # noqa: F401  (first: one XLA host device per core, see engine/__init__.py)

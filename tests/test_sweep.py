@@ -108,3 +108,13 @@ def test_eight_simulated_devices_give_the_same_results_as_one():
     out = subprocess.run([sys.executable, "-c", EIGHT_DEVICES], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_importing_engine_first_gives_one_host_device_per_requested_core():
+    code = "import engine, jax; print(jax.device_count())"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for wanted, expected in (("3", "3"), ("0", "1")):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, "ENGINE_CPU_DEVICES": wanted,
+                                                                "JAX_PLATFORMS": "cpu"},
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == expected, out.stderr[-2000:]
