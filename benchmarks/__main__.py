@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
-from engine import data, init, models, optim, simulate, sweep
+from engine import curvature, data, init, losses, models, optim, probes, simulate, sweep
 
 
 def device_name() -> str:
@@ -64,7 +65,7 @@ def train_flops_per_step(sim: simulate.Simulation) -> float:
 # ----------------------------------------------------------------------------- baselines
 def user_loop(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
     """run-steps/s of a hand-written per-run loop: a jit step in Python loops."""
-    loss = lambda p: 0.5 * jnp.mean(jnp.sum((sim_model.apply(p, dataset.x) - dataset.y) ** 2, -1))
+    loss = lambda p: losses.mse(sim_model.apply(p, dataset.x), dataset.y)
 
     @jax.jit
     def step(p, s):
@@ -87,7 +88,7 @@ def user_loop(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
 
 def per_run_scan(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
     """run-steps/s of the best per-run program: one jit-compiled lax.scan per run."""
-    loss = lambda p: 0.5 * jnp.mean(jnp.sum((sim_model.apply(p, dataset.x) - dataset.y) ** 2, -1))
+    loss = lambda p: losses.mse(sim_model.apply(p, dataset.x), dataset.y)
 
     @jax.jit
     def train(p):
@@ -103,21 +104,24 @@ def per_run_scan(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
 
 
 # ----------------------------------------------------------------------------- workloads
+def _record(name, runs, steps, strategy, rate, baseline, base_rate, peak, compile_s, flops_per_step=0.0, **extra):
+    gflops = flops_per_step * rate / 1e9
+    return {"name": name, "runs": runs, "steps": steps, "strategy": strategy,
+            "engine_run_steps_per_s": round(rate, 2), "baseline": baseline,
+            "baseline_run_steps_per_s": round(base_rate, 2), "speedup": round(rate / base_rate, 3),
+            "gflops": round(gflops, 3), "gemm_peak_gflops": round(peak, 2),
+            "peak_fraction": round(gflops / peak, 4), "compile_s": round(compile_s, 3),
+            "peak_memory_mb": round(peak_memory_mb(), 1), "device": device_name(), **extra}
+
+
 def engine_record(name, sim, grid, seeds, strategy, peak, baseline, baseline_rate, map_batch=None):
+    """Run the sweep and compare its run-steps/s with `baseline_rate`."""
     ds = sweep.sweep(sim, grid=grid, seeds=seeds, strategy=strategy, map_batch=map_batch, progress=False)
     plan = sweep.config_of(ds)["plans"][0]
     runs = ds.sizes["seed"] * int(np.prod([len(v) for v in grid.values()]))
-    rate = runs * sim.steps / plan["seconds"]["run"]
-    gflops = train_flops_per_step(sim) * rate / 1e9
-    return {"name": name, "runs": runs, "steps": sim.steps,
-            "strategy": f"{strategy}->{plan['strategy']}(batch={plan['map_batch'] or 1})"
-                        if plan["strategy"] == "map" else f"{strategy}->vmap",
-            "engine_run_steps_per_s": round(rate, 1), "baseline": baseline,
-            "baseline_run_steps_per_s": round(baseline_rate, 1),
-            "speedup": round(rate / baseline_rate, 3), "gflops": round(gflops, 3),
-            "gemm_peak_gflops": round(peak, 2), "peak_fraction": round(gflops / peak, 4),
-            "compile_s": plan["seconds"]["compile"], "peak_memory_mb": round(peak_memory_mb(), 1),
-            "device": device_name()}
+    picked = f"map(batch={plan['map_batch'] or 1})" if plan["strategy"] == "map" else "vmap"
+    return _record(name, runs, sim.steps, f"{strategy}->{picked}", runs * sim.steps / plan["seconds"]["run"],
+                   baseline, baseline_rate, peak, plan["seconds"]["compile"], train_flops_per_step(sim))
 
 
 def phase_sweep(quick: bool, peak: float) -> list[dict]:
@@ -172,16 +176,6 @@ def batching(quick: bool, peak: float) -> list[dict]:
     return out
 
 
-def _record(name, runs, steps, strategy, rate, baseline, base_rate, peak, compile_s, flops_per_step=0.0, **extra):
-    gflops = flops_per_step * rate / 1e9
-    return {"name": name, "runs": runs, "steps": steps, "strategy": strategy,
-            "engine_run_steps_per_s": round(rate, 2), "baseline": baseline,
-            "baseline_run_steps_per_s": round(base_rate, 2), "speedup": round(rate / base_rate, 3),
-            "gflops": round(gflops, 3), "gemm_peak_gflops": round(peak, 2),
-            "peak_fraction": round(gflops / peak, 4), "compile_s": round(compile_s, 3),
-            "peak_memory_mb": round(peak_memory_mb(), 1), "device": device_name(), **extra}
-
-
 def _models(quick):
     """(name, model, data) of the workloads' networks."""
     return [("two_layer_relu_w1000_luo", models.mlp((1, 1000, 1), "relu"), data.luo_points()),
@@ -195,9 +189,7 @@ def hvp_cost(quick: bool, peak: float) -> list[dict]:
     theta <- theta - 1e-6 grad, against power iteration v <- Hv/|Hv| (a) while theta
     moves by 1e-9 v each step (a lone HVP) and (b) at fixed theta, as inside one
     Lanczos solve, where XLA may hoist the linearization out of the loop."""
-    from jax.flatten_util import ravel_pytree
 
-    from engine import curvature, losses
     out = []
     reps = 50 if quick else 500
     unit = lambda t: jax.tree.map(lambda x: x / jnp.linalg.norm(ravel_pytree(t)[0]), t)
@@ -234,9 +226,7 @@ def eigsh_loop(model, scheme, dataset, lr, hp, steps, every, runs) -> float:
     `every` steps scipy's eigsh on a host LinearOperator whose matvec is a jit HVP."""
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from engine import curvature
-    from jax.flatten_util import ravel_pytree
-    loss = lambda p: 0.5 * jnp.mean(jnp.sum((model.apply(p, dataset.x) - dataset.y) ** 2, -1))
+    loss = lambda p: losses.mse(model.apply(p, dataset.x), dataset.y)
     tx = optax.sgd(lr)
 
     @jax.jit
@@ -274,7 +264,6 @@ def sharpness_overhead(quick: bool, peak: float) -> list[dict]:
     """Tiny edge-of-stability sweep: 1-100-1 tanh on chebyshev-3-20, 256 runs (lr x seeds),
     GD, sharpness every 10 steps (Lanczos 20 cold / 10 warm); against the same sweep bare
     and against the eigsh loop; and the same for the digits MLP."""
-    from engine import probes
     out = []
     tiny = dict(model=models.mlp((1, 100, 1), "tanh"), d=data.chebyshev(3, 20),
                 grid={"lr": [float(x) for x in np.linspace(0.05, 0.4, 32)]}, seeds=1 if quick else 8,
@@ -306,20 +295,71 @@ def sharpness_overhead(quick: bool, peak: float) -> list[dict]:
     return out
 
 
+def adam_curvature(quick: bool, peak: float) -> list[dict]:
+    """Workload 3's MLP with full-batch Adam, preconditioned sharpness and preconditioned
+    directional curvature every 10 steps, against the same Adam sweep bare."""
+    model = models.mlp((64, 200, 200, 10), "tanh")
+    steps, seeds = (20, 1) if quick else (200, 2)
+    grid = {"lr": [1e-3, 2e-3] if quick else [5e-4, 1e-3, 2e-3, 4e-3]}
+    make = lambda probe_list: simulate.simulation(model, data.digits(), "mse", optim.adam(), init.scaled(model),
+                                                  steps=steps, every=10, probes=probe_list)
+    bare = make(("loss",))
+    probed = make(("loss", "preconditioned_sharpness", "preconditioned_directional_curvature"))
+    runs = seeds * len(grid["lr"])
+    base = engine_record("adam_bare", bare, grid, seeds, "auto", peak, "-", 1.0)["engine_run_steps_per_s"]
+    rec = engine_record("adam_curvature_64-200-200-10", probed, grid, seeds, "auto", peak, "bare_sweep", base)
+    rec["probe_cost"] = round(base / rec["engine_run_steps_per_s"], 3)
+    return [rec]
+
+
+def scaling(quick: bool, peak: float) -> list[dict]:
+    """Workload 1's shape (two-layer ReLU on Luo's points, width 4000; 1000 in --quick) as
+    the number of runs grows; throughput should grow until the cores are busy, memory
+    linearly (`estimated_memory_mb`: the engine's own estimate for the chunk)."""
+    width, steps = (1000, 100) if quick else (4000, 500)
+    model = models.mlp((1, width, 1), "relu", output_bias=False)
+    sim = simulate.simulation(model, data.luo_points(), "mse", optim.gd(lr=0.05), init.luo(model),
+                              steps=steps, every=100, probes=("loss", "relative_change_layer"))
+    out, first = [], None
+    for runs in ((1, 4, 16, 64) if quick else (1, 4, 16, 64, 256, 1024)):
+        grid = {"gamma": [float(g) for g in np.linspace(0.25, 1.75, runs)]}
+        rec = engine_record(f"scaling_w{width}", sim, grid, 1, "auto", peak, "1_run", first or 1.0)
+        first = first or rec["engine_run_steps_per_s"]
+        rec["baseline_run_steps_per_s"], rec["speedup"] = first, round(rec["engine_run_steps_per_s"] / first, 3)
+        rec["estimated_memory_mb"] = round(sweep.bytes_per_run(sim) * runs / 2**20, 2)
+        out.append(rec)
+    return out
+
+
 WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": batching,
-             "hvp_cost": hvp_cost, "sharpness_overhead": sharpness_overhead}
+             "hvp_cost": hvp_cost, "sharpness_overhead": sharpness_overhead,
+             "adam_curvature": adam_curvature, "scaling": scaling}
 
 
 def markdown_table(records: list[dict]) -> str:
-    """The README's table of a results file."""
+    """The README's tables of a results file: every record but the batching ones, then
+    the batching records pivoted (thousands of run-steps/s per width and strategy)."""
     cols = ("name", "runs", "steps", "strategy", "engine_run_steps_per_s", "baseline",
-            "baseline_run_steps_per_s", "speedup", "peak_fraction", "compile_s")
-    extra = lambda r: ", ".join(f"{k} {r[k]}" for k in ("hvp_over_grad", "probe_cost") if k in r)
-    cols = cols + ("",)
+            "baseline_run_steps_per_s", "speedup", "peak_fraction", "compile_s", "")
+    extra = lambda r: ", ".join(f"{k} {r[k]}" for k in ("hvp_over_grad", "probe_cost", "estimated_memory_mb")
+                                if k in r)
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows += ["| " + " | ".join(str(r[c]) for c in cols[:-1]) + f" | {extra(r)} |" for r in records
              if not r["name"].startswith("batching")]
-    return "\n".join(rows) + f"\n\nThe `batching_w*` records (the table above) are in the same file. Device: {records[0]['device']}; float32 GEMM peak " \
+    batching = [r for r in records if r["name"].startswith("batching")]
+    if batching:
+        widths = sorted({int(r["name"].split("_w")[1]) for r in batching})
+        label = lambda r: "auto (picked)" if r["strategy"].startswith("auto") else r["strategy"].split("->")[1]
+        strategies = ["vmap"] + [label(r) for r in batching if r["name"] == f"batching_w{widths[0]}"]
+        rows += ["", "Batching tiny runs (two-layer ReLU, 3 points, 256 runs; thousands of run-steps/s):", "",
+                 "| width | " + " | ".join(strategies) + " |", "|" + "---|" * (len(strategies) + 1)]
+        for w in widths:
+            rs = [r for r in batching if r["name"] == f"batching_w{w}"]
+            cell = lambda r: f"{r['engine_run_steps_per_s'] / 1e3:.0f}" + (
+                f" ({r['strategy'].split('->')[1]})" if r["strategy"].startswith("auto") else "")
+            cells = [f"{rs[0]['baseline_run_steps_per_s'] / 1e3:.0f}"] + [cell(r) for r in rs]
+            rows.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\nDevice: {records[0]['device']}; float32 GEMM peak " \
         f"{records[0]['gemm_peak_gflops']} GFLOP/s measured in the same process."
 
 

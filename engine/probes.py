@@ -33,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 from engine import curvature, losses
 from engine.errors import ConfigError, require
 from engine.models import layers
+from engine.optim import preconditioner
 
 
 class Snapshot(NamedTuple):
@@ -117,7 +118,6 @@ def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, pr
     def measure(snap: Snapshot, vectors):
         precond = None
         if preconditioned:
-            from engine.optim import preconditioner
             precond = preconditioner(snap.opt_state, snap.hparams)
         # Warm start from the previous top-k eigenvectors alone: tracking extra Ritz
         # vectors was measured to cost accuracy (it spends products on the block and its
@@ -167,7 +167,6 @@ def directional_curvature(examples: int | None = None, preconditioned: bool = Fa
         loss_fn = _loss_on(snap, examples)
         precond = None
         if preconditioned:
-            from engine.optim import preconditioner
             precond = preconditioner(snap.opt_state, snap.hparams)
         return curvature.directional_curvature(loss_fn, snap.params, jax.grad(loss_fn)(snap.params), precond)
 

@@ -35,7 +35,7 @@ from engine.data import Dataset
 from engine.errors import ConfigError, require
 from engine.init import Initializer, scaled
 from engine.models import Model, layers
-from engine.optim import Optimizer, check_hyperparameter
+from engine.optim import PRECONDITIONED, Optimizer, check_hyperparameter, gd
 
 FLAGS = ("diverged", "diverged_step", "converged", "converged_step")
 
@@ -128,7 +128,6 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     extra or replaced hyperparameters computed inside the run from the swept ones
     (e.g. a learning rate set from width and gamma).
     """
-    from engine.optim import gd
     require(isinstance(model, Model), "model", f"got {type(model).__name__}",
             "build one with engine.models.mlp(...) or engine.models.from_flax(...)")
     require(isinstance(data, Dataset), "data", f"got {type(data).__name__}",
@@ -155,7 +154,6 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                 "use a positive number or None")
     probe_list = probes_module.resolve(probes)
     classification = data.y.ndim == 2 and data.y.shape[1] > 1
-    from engine.optim import PRECONDITIONED
     for p in probe_list:
         if "preconditioner" in p.needs and optimizer.name not in PRECONDITIONED:
             raise ConfigError("probes", f"probe {p.name!r} needs a diagonal preconditioner and "

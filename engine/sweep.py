@@ -146,11 +146,11 @@ def choose_strategy(sim: Simulation, platform: str, chunk: int) -> tuple[str, in
 
     On an accelerator: vmap the whole chunk. On CPU: `lax.map` over groups of b runs,
     b the largest power of two whose working set fits `CACHE_BUDGET_BYTES`, so that a
-    group's parameters and activations stay in cache across its steps. Measured on a
-    2-core EPYC (two-layer ReLU, 3 points, 256 runs, k run-steps/s): width 30 vmap 3099,
-    b=32 7574; width 100 vmap 1258, b=8 2747; width 1000 vmap 235, b=1 312; width 4000
-    vmap 24, b=1 56 (benchmarks/). A run that fills the cores alone (the digits MLP)
-    gets b = 1: one run at a time, each a plain scan.
+    group's parameters and activations stay in cache across its steps; one wide vmap
+    streams every run through memory each step. On 2 cores (the `batching_w*` records
+    of benchmarks/results/) the pick is within the ~20% run-to-run noise of the best
+    choice at widths 30 to 4000 and up to 3x faster than one wide vmap. A run that fills
+    the cores alone (the digits MLP) gets b = 1: one run at a time, each a plain scan.
     """
     if platform != "cpu":
         return "vmap", None
