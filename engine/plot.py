@@ -14,7 +14,7 @@ def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, 
     """One line per value of `hue` of `da` against coordinate `x`: the median over `over`
     with its min-max band; `notes[value]` is appended to that line's label. Saves to
     `path`, returns it."""
-    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
     colors = plt.cm.viridis(np.linspace(0, 0.9, da.sizes[hue]))
     for c, value in zip(colors, da[hue].values):
         line = da.sel({hue: value})
@@ -30,7 +30,7 @@ def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, 
     ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear",
            xlabel=xlabel or x, ylabel=ylabel or da.name, title=title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return str(path)
