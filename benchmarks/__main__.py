@@ -336,13 +336,40 @@ WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": b
              "adam_curvature": adam_curvature, "scaling": scaling}
 
 
+# The goals of the performance issue (2-core CPU), as (record test, field, ">=" or "<=",
+# target): each matching record gets `goal`, `goal_met` and `goal_ratio` (measured/target).
+GOALS = [
+    (lambda r: r["name"].startswith("phase_sweep") and r["strategy"].startswith("auto"), "speedup", ">=", 10.0),
+    (lambda r: r["name"].startswith("digits_mlp") and r["strategy"].startswith("auto"), "peak_fraction", ">=", 0.8),
+    (lambda r: r["name"].startswith("hvp_") and "fixed" not in r["strategy"], "hvp_over_grad", "<=", 2.5),
+    (lambda r: r["name"].startswith("tiny_eos") and r["baseline"] == "eigsh_loop", "speedup", ">=", 100.0),
+    (lambda r: r["name"].startswith("digits_eos") and r["baseline"] == "eigsh_loop", "speedup", ">=", 3.0),
+    (lambda r: r["baseline"] == "bare_sweep", "probe_cost", "<=", 1.5),
+]
+
+
+def judge(records: list[dict]) -> list[dict]:
+    """Attach each goal's verdict to the records it applies to; every record also
+    carries the compile-time goal (<= 30 s)."""
+    for r in records:
+        r["compile_goal_met"] = r["compile_s"] <= 30.0
+        for applies, field, op, target in GOALS:
+            if applies(r):
+                value = r[field]
+                r["goal"] = f"{field} {op} {target}"
+                r["goal_met"] = bool(value >= target if op == ">=" else value <= target)
+                r["goal_ratio"] = round(value / target, 3)
+    return records
+
+
 def markdown_table(records: list[dict]) -> str:
     """The README's tables of a results file: every record but the batching ones, then
     the batching records pivoted (thousands of run-steps/s per width and strategy)."""
     cols = ("name", "runs", "steps", "strategy", "engine_run_steps_per_s", "baseline",
             "baseline_run_steps_per_s", "speedup", "peak_fraction", "compile_s", "")
-    extra = lambda r: ", ".join(f"{k} {r[k]}" for k in ("hvp_over_grad", "probe_cost", "estimated_memory_mb")
-                                if k in r)
+    extra = lambda r: ", ".join([f"{k} {r[k]}" for k in ("hvp_over_grad", "probe_cost", "estimated_memory_mb")
+                                 if k in r] + ([f"goal {r['goal']}: {'met' if r['goal_met'] else 'MISSED'}"]
+                                               if "goal" in r else []))
     rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows += ["| " + " | ".join(str(r[c]) for c in cols[:-1]) + f" | {extra(r)} |" for r in records
              if not r["name"].startswith("batching")]
@@ -372,12 +399,13 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     if args.markdown:
         with open(args.markdown) as f:
-            print(markdown_table(json.load(f)))
+            print(markdown_table(judge(json.load(f))))
         return []
     peak = gemm_peak_gflops(1024 if args.quick else 2048)
     records = []
     for name in args.only or WORKLOADS:
         records.extend(WORKLOADS[name](args.quick, peak))
+    judge(records)
     text = json.dumps(records, indent=1)
     if args.json:
         with open(args.json, "w") as f:

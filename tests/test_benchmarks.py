@@ -17,3 +17,12 @@ def test_quick_benchmark_prints_machine_readable_records(tmp_path):
     for r in records:
         assert FIELDS <= set(r)
         assert r["engine_run_steps_per_s"] > 0 and r["baseline_run_steps_per_s"] > 0
+
+
+def test_goals_are_judged_both_ways():
+    from benchmarks.__main__ import judge
+    base = {"compile_s": 3.0, "strategy": "auto->vmap", "baseline": "loop"}
+    met, missed = judge([{**base, "name": "phase_sweep_w1000", "speedup": 12.0},
+                         {**base, "name": "x", "baseline": "bare_sweep", "probe_cost": 3.0, "compile_s": 40.0}])
+    assert met["goal_met"] and met["goal_ratio"] == 1.2 and met["compile_goal_met"]
+    assert not missed["goal_met"] and missed["goal_ratio"] == 2.0 and not missed["compile_goal_met"]
