@@ -158,9 +158,9 @@ def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
     diagonal preconditioner `precond` (its eigenvalues are those of P^-1 H).
 
     init: [p, n] (or [n]) previous eigenvectors to warm-start from (Lanczos uses all p
-    as its start block, the others their first k). Cost in Hessian-vector products:
-    Lanczos `iters` in all (rounded down to a multiple of p); power and LOBPCG `iters`
-    products of a block of k vectors, plus k for the Ritz step.
+    as its thick-restart start block, the others their first k). Cost in
+    Hessian-vector products: Lanczos `iters` in all (at least p); power and LOBPCG
+    `iters` products of a block of k vectors, plus k for the Ritz step.
     """
     require(isinstance(k, int) and k >= 1, "k", f"got {k!r}", "use an integer >= 1")
     require(isinstance(iters, int) and iters >= 1, "iters", f"got {iters!r}", "use an integer >= 1")
