@@ -82,6 +82,7 @@ def run(module, config: dict, out_dir, progress: bool | None = None) -> dict:
     from engine import sweep
 
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     device = jax.devices()[0]
     _write_json(out / "config.json", {"experiment": module.NAME, "config": config,
@@ -89,7 +90,13 @@ def run(module, config: dict, out_dir, progress: bool | None = None) -> dict:
                                       "device": f"{device.platform}:{device.device_kind}",
                                       "device_count": jax.device_count()})
     t0 = time.perf_counter()
-    ds = module.run_sweep({**config, "progress": progress})
+    try:
+        ds = module.run_sweep({**config, "progress": progress})
+    except ConfigError:
+        if created:  # a config that never ran leaves no output folder behind
+            (out / "config.json").unlink(missing_ok=True)
+            out.rmdir()
+        raise
     elapsed = time.perf_counter() - t0
     sweep.save(ds, out / "results.nc")
     ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file

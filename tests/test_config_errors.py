@@ -86,10 +86,12 @@ def test_bad_config_gives_a_clear_error_before_compiling(case):
     assert "Fix:" in message and len(message) < 400, message
 
 
-def test_cli_errors_are_one_line_not_a_traceback(capsys):
+def test_cli_errors_are_one_line_not_a_traceback(capsys, tmp_path):
     from experiments import quickstart
+    out = tmp_path / "never"
     with pytest.raises(SystemExit) as code:
-        experiment.main(quickstart, ["--set", "widths=[3, 5]", "--out", "unused", "--no-progress"])
+        experiment.main(quickstart, ["--set", "widths=[3, 5]", "--out", str(out), "--no-progress"])
     assert code.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: widths:") and "Traceback" not in err
+    assert not out.exists()  # nothing is left behind by a config that never ran
