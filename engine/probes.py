@@ -90,6 +90,11 @@ def _loss_on(snap: Snapshot, examples: int | None) -> Callable:
     return lambda p: snap.objective(p, x, y)
 
 
+def _preconditioner(snap: Snapshot, preconditioned: bool):
+    """The optimizer's diagonal P from its state, or None for the plain Hessian."""
+    return preconditioner(snap.opt_state, snap.hparams) if preconditioned else None
+
+
 def _key(snap: Snapshot, name: str):
     return jax.random.fold_in(snap.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
@@ -116,9 +121,7 @@ def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, pr
         return jnp.zeros((k, flat.shape[0]), flat.dtype)
 
     def measure(snap: Snapshot, vectors):
-        precond = None
-        if preconditioned:
-            precond = preconditioner(snap.opt_state, snap.hparams)
+        precond = _preconditioner(snap, preconditioned)
         # Warm start from the previous top-k eigenvectors alone: tracking extra Ritz
         # vectors was measured to cost accuracy (it spends products on the block and its
         # poorly converged members), see tests/test_curvature.py.
@@ -165,9 +168,7 @@ def directional_curvature(examples: int | None = None, preconditioned: bool = Fa
 
     def fn(snap):
         loss_fn = _loss_on(snap, examples)
-        precond = None
-        if preconditioned:
-            precond = preconditioner(snap.opt_state, snap.hparams)
+        precond = _preconditioner(snap, preconditioned)
         return curvature.directional_curvature(loss_fn, snap.params, jax.grad(loss_fn)(snap.params), precond)
 
     return scalar(name, fn, needs={"preconditioner"} if preconditioned else ())
