@@ -29,10 +29,12 @@ HVP_MODES = ("forward_over_reverse", "reverse_over_forward")
 
 class Eigen(NamedTuple):
     """values: [k] (descending); vectors: [k, n] (unit rows, flattened params);
-    residuals: [k], ||A v - lambda v|| / |lambda|."""
+    residuals: [k], ||A v - lambda v|| / |lambda|; products: operator products spent
+    (scalar int)."""
     values: jax.Array
     vectors: jax.Array
     residuals: jax.Array
+    products: jax.Array
 
 
 def hvp(loss_fn: Callable, params, v, mode: str = "forward_over_reverse"):
@@ -63,6 +65,27 @@ def flat_operator(loss_fn: Callable, params, precond=None, mode: str = "forward_
     return matvec, flat.shape[0], unravel
 
 
+def _one_run_at_a_time(fn: Callable) -> Callable:
+    """`fn` unchanged, except that on CPU a vmapped call loops over the batch.
+
+    jaxlib's CPU LAPACK kernels (eigh, qr) split a batch over XLA's intra-op thread
+    pool and block until it is done. With one host device per core (engine/__init__.py)
+    every pool thread can be such a blocked caller, and the sweep deadlocks: seen with
+    2 devices and a vmapped 40 x 40 eigh (gdb: both pool threads in ParallelBatchMap).
+    Accelerators keep their batched kernels."""
+    if jax.default_backend() != "cpu":
+        return fn
+    return jax.custom_batching.sequential_vmap(fn)
+
+
+def _eigh(T):
+    return _one_run_at_a_time(lambda a: tuple(jnp.linalg.eigh(a)))(T)
+
+
+def _qr(X):
+    return _one_run_at_a_time(lambda a: jnp.linalg.qr(a)[0])(X)
+
+
 def _start_block(key, n, dtype, init, k):
     """Start vectors [p, n]: the previous eigenvectors (warm start) plus a little noise
     so that no direction is exactly missing; k random vectors when there is no usable
@@ -71,9 +94,11 @@ def _start_block(key, n, dtype, init, k):
     if init is None:
         return jax.random.normal(key, (k, n), dtype)
     warm = jnp.atleast_2d(init).astype(dtype)
+    # noise on the top vector only: the Krylov space grows from it, while noise on the
+    # others would stay in the basis and cap their residuals near 1e-3 (measured)
     noise = jax.random.normal(key, warm.shape, dtype) / jnp.sqrt(n)
     usable = jnp.all(jnp.isfinite(warm)) & (jnp.linalg.norm(warm) > 0)
-    return jnp.where(usable, jnp.where(usable, warm, 0.0) + 1e-3 * noise, noise)
+    return jnp.where(usable, jnp.where(usable, warm, 0.0) + 1e-3 * noise.at[1:].set(0.0), noise)
 
 
 def _orthogonalize(x, Q, filled):
@@ -86,15 +111,37 @@ def _orthogonalize(x, Q, filled):
     return jnp.where(size > 1e-10 * (1 + jnp.linalg.norm(Q[0])), x / jnp.maximum(size, 1e-30), 0.0)
 
 
-def lanczos(matvec, X0, iters: int, k: int = 1) -> Eigen:
+def _ritz(Q, AQ, filled, k: int) -> Eigen:
+    """Top-k Ritz pairs from the first `filled` rows of the basis Q [m, n] and the
+    stored products AQ [m, n]. Unfilled rows are decoupled onto a diagonal value below
+    every Gershgorin disc of the filled block, so they can never rank in the top k;
+    residuals ||A y - theta y|| / |theta| are exact, from AQ."""
+    m = Q.shape[0]
+    live = jnp.arange(m) < filled
+    T = Q @ AQ.T
+    T = jnp.where(live[:, None] & live[None, :], 0.5 * (T + T.T), 0.0)
+    floor = -2.0 * jnp.max(jnp.sum(jnp.abs(T), axis=1)) - 1.0
+    theta, S = _eigh(T + jnp.diag(jnp.where(live, 0.0, floor)))
+    theta, S = theta[::-1][:k], S[:, ::-1][:, :k]
+    vectors, Avectors = S.T @ Q, S.T @ AQ
+    residuals = jnp.linalg.norm(Avectors - theta[:, None] * vectors, axis=1) / jnp.abs(theta)
+    return Eigen(theta, vectors, residuals, jnp.asarray(filled))
+
+
+def lanczos(matvec, X0, iters: int, k: int = 1, tol: float | None = None) -> Eigen:
     """k largest eigenpairs of a symmetric operator by Lanczos with full
-    reorthogonalization, `iters` products in all, started from the p = X0.shape[0]
-    rows of X0 as in thick-restart Lanczos (Wu & Simon 2000): the basis is span(X0)
-    plus the Krylov space of the residual of its top Ritz vector. p = 1 is classic
-    Lanczos; a warm start passes the previous Ritz vectors, so an eigenvector that
-    rotates within a cluster of close eigenvalues between two measurements is found
-    again in a few products. The projected eigenproblem is solved on device; residuals
-    ||A y - theta y|| / |theta| are exact, from the stored products A Q."""
+    reorthogonalization, at most `iters` products in all, started from the
+    p = X0.shape[0] rows of X0 as in thick-restart Lanczos (Wu & Simon 2000): the basis
+    is span(X0) plus the Krylov space of the residual of its top Ritz vector. p = 1 is
+    classic Lanczos; a warm start passes the previous Ritz vectors, so an eigenvector
+    that rotates within a cluster of close eigenvalues between two measurements is
+    found again in a few products. The projected eigenproblem is solved on device;
+    residuals ||A y - theta y|| / |theta| are exact, from the stored products A Q.
+
+    tol: stop as soon as all k residuals are below it (checked after every product,
+    from at least k + 1 products); None runs all `iters`. With a warm start most solves
+    stop after 2-4 products; an eigenvalue's error is about residual^2 |theta| / gap.
+    Under vmap the loop runs until the slowest run of the batch stops."""
     X0 = jnp.atleast_2d(X0)
     p, n = X0.shape
     m = max(iters, p)
@@ -105,22 +152,24 @@ def lanczos(matvec, X0, iters: int, k: int = 1) -> Eigen:
     if p == 1:
         nxt = AQ[0]
     else:  # the residual direction of the block's top Ritz vector
-        theta, S = jnp.linalg.eigh(Q[:p] @ AQ[:p].T)
+        theta, S = _eigh(Q[:p] @ AQ[:p].T)
         nxt = S[:, -1] @ AQ[:p]
 
-    def step(j, carry):
-        Q, AQ, nxt = carry
+    def converged(Q, AQ, filled):
+        if tol is None:
+            return jnp.asarray(False)
+        return (filled > k) & jnp.all(_ritz(Q, AQ, filled, k).residuals < tol)
+
+    def step(carry):
+        j, Q, AQ, nxt, _ = carry
         q = _orthogonalize(nxt, Q, j)
         Aq = matvec(q)
-        return Q.at[j].set(q), AQ.at[j].set(Aq), Aq
+        Q, AQ = Q.at[j].set(q), AQ.at[j].set(Aq)
+        return j + 1, Q, AQ, Aq, converged(Q, AQ, j + 1)
 
-    Q, AQ, _ = jax.lax.fori_loop(p, m, step, (Q, AQ, nxt))
-    T = Q @ AQ.T
-    theta, S = jnp.linalg.eigh(0.5 * (T + T.T))
-    theta, S = theta[::-1][:k], S[:, ::-1][:, :k]
-    vectors, Avectors = S.T @ Q, S.T @ AQ
-    residuals = jnp.linalg.norm(Avectors - theta[:, None] * vectors, axis=1) / jnp.abs(theta)
-    return Eigen(theta, vectors, residuals)
+    start = (jnp.asarray(p), Q, AQ, nxt, converged(Q, AQ, p))
+    filled, Q, AQ, _, _ = jax.lax.while_loop(lambda c: (c[0] < m) & ~c[4], step, start)
+    return _ritz(Q, AQ, filled, k)
 
 
 def power_iteration(matvec, X0, iters: int) -> Eigen:
@@ -128,32 +177,31 @@ def power_iteration(matvec, X0, iters: int) -> Eigen:
     step at the end. Converges to the k eigenvalues of largest magnitude, which are the
     largest ones when the Hessian is dominated by its positive outliers."""
     def step(_, X):
-        Q, _ = jnp.linalg.qr(jax.vmap(matvec)(X).T)
-        return Q.T
-    X = jnp.linalg.qr(X0.T)[0].T
+        return _qr(jax.vmap(matvec)(X).T).T
+    X = _qr(X0.T).T
     X = jax.lax.fori_loop(0, iters, step, X)
-    return _rayleigh_ritz(matvec, X)
+    return _rayleigh_ritz(matvec, X, iters * X.shape[0])
 
 
-def _rayleigh_ritz(matvec, X) -> Eigen:
+def _rayleigh_ritz(matvec, X, products) -> Eigen:
     AX = jax.vmap(matvec)(X)
-    theta, S = jnp.linalg.eigh(X @ AX.T)
+    theta, S = _eigh(X @ AX.T)
     theta, S = theta[::-1], S[:, ::-1]
     vectors, Avecs = S.T @ X, S.T @ AX
     residuals = jnp.linalg.norm(Avecs - theta[:, None] * vectors, axis=1) / jnp.abs(theta)
-    return Eigen(theta, vectors, residuals)
+    return Eigen(theta, vectors, residuals, jnp.asarray(products + X.shape[0]))
 
 
 def lobpcg(matvec, X0, iters: int) -> Eigen:
     """LOBPCG (jax.experimental.sparse.linalg.lobpcg_standard) on k = X0.shape[0] vectors."""
     from jax.experimental.sparse.linalg import lobpcg_standard
-    _, X, _ = lobpcg_standard(lambda X: jax.vmap(matvec, in_axes=1, out_axes=1)(X), X0.T, m=iters)
-    return _rayleigh_ritz(matvec, X.T)
+    _, X, done = lobpcg_standard(lambda X: jax.vmap(matvec, in_axes=1, out_axes=1)(X), X0.T, m=iters)
+    return _rayleigh_ritz(matvec, X.T, done * X0.shape[0])
 
 
 def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
                     method: str = "lanczos", precond=None, init=None,
-                    mode: str = "forward_over_reverse") -> Eigen:
+                    mode: str = "forward_over_reverse", tol: float | None = None) -> Eigen:
     """Top-k eigenpairs of H = hessian(loss_fn)(params), or of P^-1/2 H P^-1/2 with a
     diagonal preconditioner `precond` (its eigenvalues are those of P^-1 H).
 
@@ -161,10 +209,15 @@ def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
     as its thick-restart start block, the others their first k). Cost in
     Hessian-vector products: Lanczos `iters` in all (at least p); power and LOBPCG
     `iters` products of a block of k vectors, plus k for the Ritz step.
+    tol (Lanczos only): stop once every residual is below it (see `lanczos`).
     """
     require(isinstance(k, int) and k >= 1, "k", f"got {k!r}", "use an integer >= 1")
     require(isinstance(iters, int) and iters >= 1, "iters", f"got {iters!r}", "use an integer >= 1")
     require(method in METHODS, "method", f"unknown value {method!r}", f"use one of {', '.join(METHODS)}")
+    require(tol is None or (isinstance(tol, (int, float)) and tol > 0), "tol", f"got {tol!r}",
+            "use a positive relative residual such as 1e-3, or None to run all iters")
+    require(tol is None or method == "lanczos", "tol", f"method {method!r} runs a fixed number of products",
+            "use method='lanczos' for a tolerance, or tol=None")
     matvec, n, _ = flat_operator(loss_fn, params, precond, mode)
     require(k <= n, "k", f"k={k} exceeds the {n} parameters", f"use k <= {n}")
     dtype = ravel_pytree(params)[0].dtype
@@ -172,12 +225,14 @@ def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
         require(k <= iters <= n, "iters", f"Lanczos needs k <= iters <= n, got k={k}, iters={iters}, n={n}",
                 f"use iters in [{k}, {n}]")
         X0 = _start_block(key, n, dtype, init, 1)
-        return lanczos(matvec, X0, iters, k)
+        return lanczos(matvec, X0, iters, k, tol)
     X0 = _start_block(key, n, dtype, init, k)
     if method == "power":
         return power_iteration(matvec, X0, iters)
     require(n >= 5 * k, "k", f"LOBPCG needs n >= 5k, got n={n}, k={k}", "use lanczos for tiny models")
-    return lobpcg(matvec, X0, iters)
+    # lobpcg_standard calls eigh and qr inside; loop over runs on CPU as a whole
+    solve = lambda p, X, P: lobpcg(flat_operator(loss_fn, p, P, mode)[0], X, iters)
+    return _one_run_at_a_time(solve)(params, X0, precond)
 
 
 def sharpness(loss_fn: Callable, params, key, iters: int = 20) -> jax.Array:

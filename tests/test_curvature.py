@@ -49,6 +49,22 @@ def test_lanczos_top3_after_30_iterations_matches_dense(x64):
     assert np.all(eig.residuals < 1e-5)
 
 
+def test_lanczos_with_a_tolerance_stops_early_and_its_residuals_are_true(x64):
+    loss_fn, params, H = problem()
+    dense = np.linalg.eigvalsh(np.asarray(H))[::-1][:2]
+    key = jax.random.key(1)
+    eig = curvature.top_eigenvalues(loss_fn, params, key, k=2, iters=60, tol=1e-4)
+    assert 2 < int(eig.products) < 60 and np.all(eig.residuals < 1e-4)
+    # eigenvalue error ~ residual^2 |lambda| / gap, far below the residual itself
+    np.testing.assert_allclose(eig.values, dense, rtol=1e-6)
+    true = np.linalg.norm(eig.vectors @ H - eig.values[:, None] * eig.vectors, axis=1) / np.abs(eig.values)
+    np.testing.assert_allclose(eig.residuals, true, rtol=1e-3, atol=1e-12)
+    # warm-started from its own answer it is done within a few products
+    again = curvature.top_eigenvalues(loss_fn, params, key, k=2, iters=60, tol=1e-4, init=eig.vectors)
+    assert int(again.products) <= 6 and np.allclose(again.values, dense, rtol=1e-6)
+    assert int(curvature.top_eigenvalues(loss_fn, params, key, k=2, iters=20).products) == 20
+
+
 @pytest.mark.parametrize("method,iters", [("power", 300), ("lobpcg", 60)])
 def test_power_and_lobpcg_find_the_top_eigenvalues(x64, method, iters):
     loss_fn, params, H = problem()

@@ -118,3 +118,26 @@ def test_importing_engine_first_gives_one_host_device_per_requested_core():
                                                                 "JAX_PLATFORMS": "cpu"},
                              capture_output=True, text=True, timeout=120)
         assert out.stdout.strip() == expected, out.stderr[-2000:]
+
+
+TWO_DEVICES_EIGH = textwrap.dedent("""
+    import engine, jax
+    assert jax.device_count() == 2, jax.devices()
+    from engine import data, init, models, optim, probes, simulate, sweep
+    model = models.mlp((1, 100, 1), "tanh")
+    sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(), init.scaled(model),
+                              steps=20, every=10, probes=("loss", probes.sharpness(iters=40, warm_iters=40)))
+    ds = sweep.sweep(sim, grid={"lr": [0.1, 0.2, 0.3, 0.4]}, seeds=2, progress=False)
+    assert sweep.config_of(ds)["plans"][0]["map_batch"] > 1   # eigh is vmapped over runs
+    print("OK")
+""")
+
+
+def test_vmapped_eigen_solves_on_every_core_do_not_deadlock():
+    """jaxlib's CPU eigh splits a batch over XLA's intra-op pool and waits; with one
+    device per pool thread all of them waited on each other (this sweep hung forever
+    before eigh was looped over runs on CPU)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", TWO_DEVICES_EIGH], capture_output=True, text=True,
+                         env={**env, "ENGINE_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
