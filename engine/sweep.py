@@ -294,6 +294,17 @@ def _run_table(grid, seeds, base_seed):
     return keys, hp, len(seed_idx)
 
 
+def _footprint_mb(compiled) -> float | None:
+    """XLA's buffer assignment for one compiled segment on one device: arguments +
+    outputs + temporaries, less what outputs reuse of the arguments (MiB)."""
+    try:
+        m = compiled.memory_analysis()
+        used = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+        return round(used / 2**20, 3)
+    except Exception:  # backends without the analysis
+        return None
+
+
 def _run_all(sim, grid, seeds, base_seed, plan, devices, bar):
     """Every chunk of runs, segment by segment. Compiles once (ahead of time, so the
     compile and run times can be reported in `plan["seconds"]`)."""
@@ -319,6 +330,7 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar):
             tc = time.perf_counter()
             compiled = advance.lower(state, hp_c, sim.data).compile()
             t_compile += time.perf_counter() - tc
+            plan["compiled_memory_mb"] = _footprint_mb(compiled)
         segs = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)]
         for _ in range(plan["n_segments"]):
             state, rec = compiled(state, hp_c, sim.data)
