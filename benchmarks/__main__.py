@@ -437,6 +437,12 @@ def explain(records: list[dict]) -> list[dict]:
             r["limit"] = (f"{r['hvps_per_warm_probe']} HVPs per probe every {r['every']} steps at {c} gradients "
                           f"each (measured inside a solve) predict {pred:.2f}x the bare sweep; measured "
                           f"{r['probe_cost']}x. 1.5x needs <= {0.5 * r['every'] / c:.1f} HVPs per probe.")
+        elif r["goal"].startswith("speedup"):
+            per_core = jax.device_count() / r["engine_run_steps_per_s"] * 1e6
+            r["limit"] = (f"the engine runs {r['gflops']} GFLOP/s ({100 * r['peak_fraction']:.1f}% of the GEMM "
+                          f"peak), {per_core:.1f} us per run-step on each of {jax.device_count()} cores; "
+                          f"the baseline {1e6 / r['baseline_run_steps_per_s']:.1f} us per step. The ratio is "
+                          f"bounded by how much of the baseline's step is dispatch, not work.")
         elif "xla_flops_ratio" in r:
             r["limit"] = (f"XLA counts {r['xla_flops_ratio']}x the gradient's flops, {r['xla_bytes_ratio']}x "
                           f"its bytes and {r['hlo_ops_ratio']}x its HLO instructions for the timed HVP loop; "
