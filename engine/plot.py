@@ -34,3 +34,35 @@ def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, 
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return str(path)
+
+
+def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | None = "seed",
+           title: str = "") -> str:
+    """Stacked panels sharing the x axis, one line per value of `hue` in each (median
+    over `over`, min-max band). Each row is a dict with `da` (DataArray), `ylabel`,
+    optional `logy` and `refs` ({hue value: y}, drawn as dashed lines of the same
+    colour, e.g. the stability threshold 2/eta of each learning rate) and `ylim`."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7.5, 2.6 * len(rows) + 0.6), sharex=True,
+                             constrained_layout=True, squeeze=False)
+    for ax, row in zip(axes[:, 0], rows):
+        da = row["da"]
+        colors = plt.cm.viridis(np.linspace(0, 0.85, da.sizes[hue]))
+        for c, value in zip(colors, da[hue].values):
+            line = da.sel({hue: value})
+            if over is not None and over in line.dims:
+                ax.fill_between(line[x].values, line.min(over).values, line.max(over).values,
+                                color=c, alpha=0.2, lw=0)
+                line = line.median(over)
+            ax.plot(line[x].values, line.values, "-", color=c, lw=1.2, label=f"{hue} = {value:g}")
+            if row.get("refs") and value in row["refs"]:
+                ax.axhline(row["refs"][value], color=c, ls="--", lw=1)
+        ax.set(ylabel=row["ylabel"], yscale="log" if row.get("logy") else "linear")
+        if row.get("ylim"):
+            ax.set_ylim(*row["ylim"])
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel(x)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return str(path)

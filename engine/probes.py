@@ -12,6 +12,8 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     accuracy, test_accuracy    argmax accuracy (classification targets)
     param_norm                 ||theta_t||
     grad_norm                  ||grad L(theta_t)||
+    loss_change                L(theta_t + u_t) - L(theta_t), u_t the optimizer's next update
+                               (> 0: the next step raises the loss; edge of stability)
     relative_change            ||theta_t - theta_0|| / ||theta_0||
     relative_change_layer      the same per layer, dims ("layer",)  (Luo et al. 2021:
                                RD(theta_w) of the input layer is layer "0")
@@ -28,6 +30,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from engine import curvature, losses
@@ -204,6 +207,14 @@ def trace(samples: int = 16, examples: int | None = None) -> Probe:
     return Probe("trace", measure, {"trace": (), "trace_error": ()})
 
 
+def loss_change(snap: Snapshot) -> jax.Array:
+    """The change of the training loss over the step the run is about to take: the
+    optimizer's update u from the current state, L(theta + u) - L(theta). Full batch."""
+    tx = snap.optimizer.build(snap.hparams)
+    updates, _ = tx.update(jax.grad(snap.loss_fn)(snap.params), snap.opt_state, snap.params)
+    return snap.loss_fn(optax.apply_updates(snap.params, updates)) - snap.loss_fn(snap.params)
+
+
 # ----------------------------------------------------------------------------- registry
 BUILTIN = {
     "loss": lambda: scalar("loss", lambda s: s.loss_fn(s.params)),
@@ -215,6 +226,7 @@ BUILTIN = {
         "test_accuracy", lambda s: losses.accuracy(s.predict(s.params, s.data.x_test), s.data.y_test),
         needs={"classification", "test"}),
     "param_norm": lambda: scalar("param_norm", lambda s: norm(s.params)),
+    "loss_change": lambda: scalar("loss_change", loss_change),
     "grad_norm": lambda: scalar("grad_norm", lambda s: norm(jax.grad(s.loss_fn)(s.params))),
     "relative_change": lambda: scalar("relative_change", lambda s: relative_change(s.params, s.params0)),
     "relative_change_layer": lambda: scalar(

@@ -1,0 +1,35 @@
+import json
+
+import numpy as np
+
+from engine import experiment, sweep
+from experiments import edge_of_stability as eos
+
+
+def test_gd_sharpens_to_two_over_eta_and_hovers_there(tmp_path):
+    config = {**eos.PRESETS["quick"], "seeds": 3, "steps": 4000}
+    summary = experiment.run(eos, config, tmp_path, progress=False)
+    assert {"results.nc", "config.json", "summary.json", "edge_of_stability.png"} <= {p.name for p in tmp_path.iterdir()}
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["diverged_runs"] == 0
+    for lr, row in saved["per_lr"].items():
+        threshold = 2 / float(lr)
+        assert row["initial_sharpness_median"] < 0.9 * threshold           # progressive sharpening ...
+        assert abs(row["late_sharpness_over_threshold_median"] - 1) < 0.1   # ... up to 2/eta, then hovers
+        assert row["fraction_of_seeds_within_10pct"] == 1.0
+        assert row["final_loss_median"] < row["loss_at_edge_median"]        # the loss keeps falling
+        assert row["max_eigen_residual"] < 1e-2                             # the solver converged
+    assert all(saved["claims"].values()), saved["claims"]
+    ds = sweep.load(tmp_path / "results.nc")
+    assert ds.sharpness.dims == ("seed", "lr", "step")
+    # the sharpness never settles far above 2/eta: GD would diverge there
+    late = eos.late_phase(ds, config).sharpness / (2 / ds.lr)
+    assert float(late.max()) < 1.3 and np.isfinite(late).all()
+
+
+def test_unknown_data_set_is_a_clear_config_error(tmp_path):
+    import pytest
+    from engine.errors import ConfigError
+    with pytest.raises(ConfigError, match="data"):
+        experiment.run(eos, {**eos.PRESETS["quick"], "data": "cifar"}, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
