@@ -8,6 +8,9 @@ from a dict of (possibly traced, vmapped) scalars: `build(hparams)`. The names i
     momentum  v <- g + momentum v;  theta <- theta - lr v             (heavy ball)
     nesterov  Nesterov momentum (optax.sgd(nesterov=True))
     adam      Kingma & Ba 2015 (b1, b2, eps, bias-corrected)
+    adam_raw  Adam without bias correction: m <- b1 m + (1 - b1) g,
+              v <- b2 v + (1 - b2) g^2, theta <- theta - lr m / (sqrt(v) + eps)
+              (eps = 0 allowed; Bai et al. 2026 analyse it with eps = 0)
     adamw     adam + decoupled weight decay (Loshchilov & Hutter 2019)
     rmsprop   v <- decay v + (1 - decay) g^2; theta <- theta - lr g / (sqrt(v) + eps)
     adagrad   Duchi et al. 2011
@@ -65,6 +68,28 @@ adamw = _make("adamw", lambda h: optax.adamw(h["lr"], b1=h["b1"], b2=h["b2"], ep
                                              weight_decay=h["weight_decay"]),
               {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
               {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF), "weight_decay": (0.0, INF)})
+class RawAdamState(NamedTuple):
+    mu: optax.Updates
+    nu: optax.Updates
+
+
+def _raw_adam(h) -> optax.GradientTransformation:
+    """Adam's moment estimates without bias correction, scaled by -lr."""
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return RawAdamState(zeros, zeros)
+
+    def update(g, state, params=None):
+        mu = jax.tree.map(lambda m, x: h["b1"] * m + (1 - h["b1"]) * x, state.mu, g)
+        nu = jax.tree.map(lambda v, x: h["b2"] * v + (1 - h["b2"]) * x * x, state.nu, g)
+        step = jax.tree.map(lambda m, v: -h["lr"] * m / (jnp.sqrt(v) + h["eps"]), mu, nu)
+        return step, RawAdamState(mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+adam_raw = _make("adam_raw", _raw_adam, {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 0.0},
+                 {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF)})
 rmsprop = _make("rmsprop", lambda h: optax.rmsprop(h["lr"], decay=h["decay"], eps=h["eps"]),
                 {"lr": 1e-3, "decay": 0.9, "eps": 1e-8},
                 {"lr": _LR, "decay": _BETA, "eps": (0.0, INF)})
@@ -75,7 +100,7 @@ lion = _make("lion", lambda h: optax.lion(h["lr"], b1=h["b1"], b2=h["b2"],
              {"lr": 1e-4, "b1": 0.9, "b2": 0.99, "weight_decay": 0.0},
              {"lr": _LR, "b1": _BETA, "b2": _BETA, "weight_decay": (0.0, INF)})
 
-OPTIMIZERS = {f.__name__: f for f in (gd, momentum, nesterov, adam, adamw, rmsprop, adagrad, lion)}
+OPTIMIZERS = {f.__name__: f for f in (gd, momentum, nesterov, adam, adamw, adam_raw, rmsprop, adagrad, lion)}
 
 
 def optimizer(name: str, **defaults) -> Optimizer:
@@ -150,7 +175,7 @@ def stability_threshold(optimizer: Optimizer, hparams: dict):
         return (2 + 2 * h["momentum"]) / lr
     if optimizer.name == "nesterov":
         return (2 + 2 * h["momentum"]) / ((1 + 2 * h["momentum"]) * lr)
-    if optimizer.name in ("adam", "adamw"):
+    if optimizer.name in ("adam", "adamw", "adam_raw"):
         return (2 + 2 * h["b1"]) / ((1 - h["b1"]) * lr)
     if optimizer.name in ("rmsprop", "adagrad"):
         return 2 / lr
