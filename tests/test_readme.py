@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)\n```", text, re.S)
-    assert "python -m experiments.quickstart" in blocks[0]
+    assert "python -m experiments.edge_of_stability" in blocks[0]
     assert "python -m pytest" in blocks[1]
     assert blocks[1] in (ROOT / ".ci" / "run").read_text()
 
