@@ -2,8 +2,9 @@
 
 Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, "The large learning rate phase
 of deep learning: the catapult mechanism". A wide two-layer network in the NTK
-parameterization, f(x) = W2 relu(W1 x / sqrt(d)) / sqrt(m) with N(0, 1) weights, is
-trained by full-batch GD on L = 1/n sum_i 1/2 ||f(x_i) - y_i||^2. With lambda_0 the top
+parameterization, f(x) = W2 relu(W1 x / sqrt(d) + b1) / sqrt(m) + b2 with N(0, 1)
+weights, and the two-layer linear "uv model" f(x) = v^T u x / sqrt(m) on the single
+example (x, y) = (1, 0), are trained by full-batch GD on L = 1/n sum_i 1/2 ||f(x_i) - y_i||^2. With lambda_0 the top
 eigenvalue of the NTK (of L's Hessian at initialization, which equals it up to
 O(1/sqrt(m)) in a wide network):
     eta lambda_0 < 2        lazy: the loss falls monotonically, the curvature stays put;
@@ -24,42 +25,70 @@ from __future__ import annotations
 
 import sys
 
+import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 
 from engine import experiment, init, models, optim, plot, probes, simulate, sweep
+from engine.data import Dataset
 from engine.errors import require
 from experiments.edge_of_stability import training_set
 
 NAME = "catapult"
+KINDS = ("relu", "uv")
+CATAPULT_BANDS = {"relu": (2.3, 2.9), "uv": (2.3, 3.7)}  # eta lambda_0 strictly inside (2, c)
 PRESETS = {
     "quick": {"data": "digits", "n_train": 64, "width": 1024, "seeds": 2, "steps": 300, "every": 3,
-              "targets": [0.5, 1.0, 1.5, 1.9, 2.2, 2.4, 2.6, 2.8, 3.0, 3.5, 4.0, 6.0, 8.0, 12.0]},
+              "targets": [0.5, 1.0, 1.5, 1.9, 2.2, 2.4, 2.6, 2.8, 3.0, 3.5, 3.8, 4.2, 6.0, 12.0],
+              "models": ["relu", "uv"]},
     "paper": {"data": "digits", "n_train": 512, "width": 8192, "seeds": 4, "steps": 1000, "every": 2,
-              "targets": list(np.round(np.linspace(0.25, 16.0, 64), 3))},
+              "targets": list(np.round(np.linspace(0.25, 16.0, 64), 3)), "models": ["relu", "uv"]},
 }
 
 
-def build(config: dict, steps: int | None = None, every: int | None = None) -> simulate.Simulation:
-    d = training_set(config["data"], config["n_train"])
-    model = models.mlp((d.x.shape[1], config["width"], d.y.shape[1]), "relu", parameterization="ntk")
+def training_data(config: dict, kind: str):
+    if kind == "uv":  # the uv model's single example (x, y) = (1, 0)
+        return Dataset(x=jnp.ones((1, 1)), y=jnp.zeros((1, 1)))
+    return training_set(config["data"], config["n_train"])
+
+
+def build(config: dict, kind: str, steps: int | None = None, every: int | None = None) -> simulate.Simulation:
+    """kind "relu": f = W2 relu(W1 x / sqrt(d)) / sqrt(m); "uv": f = v^T u x / sqrt(m)."""
+    require(kind in KINDS, "models", f"unknown model {kind!r}", f"use some of {', '.join(KINDS)}")
+    d = training_data(config, kind)
+    model = models.mlp((d.x.shape[1], config["width"], d.y.shape[1]), "relu" if kind == "relu" else "linear",
+                       bias=kind == "relu", parameterization="ntk")
     sharp = probes.sharpness(iters=20, warm_iters=10)
     # a loss 1e10 times the ~0.5 it starts at does not come back: flag it as diverged
     return simulate.simulation(model, d, "mse", optim.gd(), init.scaled(model), steps=steps or config["steps"],
                                every=every or config["every"], probes=("loss", sharp), diverge_above=1e10)
 
 
+def sweep_model(config: dict, kind: str) -> xr.Dataset:
+    """One model's sweep over eta = target / median(lambda_0), indexed by `target`
+    (`lr` is kept as a variable along it)."""
+    pilot = sweep.sweep(build(config, kind, steps=1, every=1), grid={"lr": [1e-9]}, seeds=config["seeds"],
+                        progress=False)
+    lambda0 = float(pilot.sharpness.isel(step=0).median())
+    ds = sweep.sweep(build(config, kind), grid={"lr": [t / lambda0 for t in config["targets"]]},
+                     seeds=config["seeds"], progress=config.get("progress"))
+    ds = ds.assign_coords(target=("lr", [float(t) for t in config["targets"]])).swap_dims(lr="target")
+    return ds.reset_coords("lr")
+
+
 def run_sweep(config: dict):
     require(isinstance(config["targets"], list) and len(config["targets"]) >= 1, "targets",
             f"got {config['targets']!r}", "give a list of eta * lambda_0 values, e.g. [1.0, 3.0]")
-    pilot = sweep.sweep(build(config, steps=1, every=1), grid={"lr": [1e-9]}, seeds=config["seeds"], progress=False)
-    lambda0 = float(pilot.sharpness.isel(step=0).median())
-    ds = sweep.sweep(build(config), grid={"lr": [t / lambda0 for t in config["targets"]]},
-                     seeds=config["seeds"], progress=config.get("progress"))
-    return ds.assign_coords(target=("lr", [float(t) for t in config["targets"]]))
+    require(isinstance(config["models"], list) and len(config["models"]) >= 1, "models",
+            f"got {config['models']!r}", f"give a list of models among {', '.join(KINDS)}")
+    parts = [sweep_model(config, kind) for kind in config["models"]]
+    return xr.concat(parts, dim=xr.DataArray(config["models"], dims="model", name="model"),
+                     combine_attrs="override")
 
 
 def measures(ds):
-    """Per run: eta lambda_0, peak loss / initial loss, eta * final sharpness, final loss."""
+    """Per run of one model: eta lambda_0, peak loss / initial loss, eta * final
+    sharpness, final loss."""
     initial = ds.loss.isel(step=0)
     out = {
         "eta_lambda0": ds.lr * ds.sharpness.isel(step=0),
@@ -70,65 +99,78 @@ def measures(ds):
     return {k: v.transpose(*ds.diverged.dims) for k, v in out.items()}
 
 
+def _rows(ds, kind) -> dict:
+    m = measures(ds.sel(model=kind))
+    dead = ds.diverged.sel(model=kind)
+    return {f"{t:g}": {k: round(float(v.sel(target=t).median()), 4) for k, v in m.items()}
+            | {"diverged_fraction": round(float(dead.sel(target=t).mean()), 3)} for t in ds.target.values}
+
+
 def summarize(ds, config: dict) -> dict:
-    m = measures(ds)
-    rows = {}
-    for i, t in enumerate(ds.target.values):
-        sel = dict(lr=ds.lr.values[i])
-        rows[f"{t:g}"] = {k: round(float(v.sel(sel).median()), 4) for k, v in m.items()} | {
-            "diverged_fraction": round(float(ds.diverged.sel(sel).mean()), 3)}
-    lazy = [r for t, r in rows.items() if float(t) < 1.8]
-    catapult = [r for t, r in rows.items() if 2.3 <= float(t) <= 2.9]
-    converged = [float(t) for t, r in rows.items()
-                 if r["diverged_fraction"] == 0 and r["final_over_initial_loss"] < 1]
-    diverged = [float(t) for t, r in rows.items() if r["diverged_fraction"] == 1]
-    return {
-        "lambda0_median": round(float(ds.sharpness.isel(step=0).median()), 4),
-        "per_target": rows,
-        "largest_eta_lambda0_that_converged": max(converged) if converged else None,
-        "smallest_eta_lambda0_that_diverged": min(diverged) if diverged else None,
-        "claims": {
-            "lazy (eta lambda_0 < 1.8): the loss never rises (peak <= 1.01 x initial)":
-                all(r["peak_over_initial_loss"] <= 1.01 for r in lazy),
-            "catapult (2.3 <= eta lambda_0 <= 2.9): the loss rises > 10x, then the curvature "
-            "falls to 2/eta or below and training converges (final loss < initial)":
-                all(r["peak_over_initial_loss"] > 10 and r["eta_final_sharpness"] < 2.02
-                    and r["final_over_initial_loss"] < 1 and r["diverged_fraction"] == 0 for r in catapult),
-            "large enough eta lambda_0 diverges": bool(diverged),
-        },
-    }
+    out, claims = {}, {}
+    for kind in ds.model.values:
+        rows = _rows(ds, kind)
+        lo, hi = CATAPULT_BANDS[kind]
+        lazy = [r for t, r in rows.items() if float(t) < 1.8]
+        catapult = [r for t, r in rows.items() if lo <= float(t) <= hi]
+        converged = [float(t) for t, r in rows.items()
+                     if r["diverged_fraction"] == 0 and r["final_over_initial_loss"] < 1]
+        diverged = [float(t) for t, r in rows.items() if r["diverged_fraction"] == 1]
+        out[kind] = {"lambda0_median": round(float(ds.sharpness.sel(model=kind).isel(step=0).median()), 4),
+                     "per_target": rows,
+                     "largest_eta_lambda0_that_converged": max(converged) if converged else None,
+                     "smallest_eta_lambda0_that_diverged": min(diverged) if diverged else None}
+        claims[f"{kind}: lazy (eta lambda_0 < 1.8): the loss never rises (peak <= 1.01 x initial)"] = \
+            all(r["peak_over_initial_loss"] <= 1.01 for r in lazy)
+        claims[f"{kind}: catapult ({lo} <= eta lambda_0 <= {hi}): the loss rises > 10x, then eta lambda falls "
+               "to 2 or below and training converges (final loss < initial)"] = bool(catapult) and all(
+            r["peak_over_initial_loss"] > 10 and r["eta_final_sharpness"] < 2.02
+            and r["final_over_initial_loss"] < 1 and r["diverged_fraction"] == 0 for r in catapult)
+        claims[f"{kind}: large enough eta lambda_0 diverges"] = bool(diverged)
+    if "uv" in out:
+        first = out["uv"]["smallest_eta_lambda0_that_diverged"]
+        claims["uv: divergence sets in at eta lambda_0 = 4 (first diverging target in [3.8, 4.5])"] = \
+            first is not None and 3.8 <= first <= 4.5
+    return {"models": out, "claims": claims}
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
     import matplotlib.pyplot as plt
-    m = measures(ds)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4), constrained_layout=True)
-    x = m["eta_lambda0"].values.ravel()
-    dead = ds.diverged.values.ravel()
-    peak = m["peak_over_initial_loss"].values.ravel()
-    ax.semilogy(x[~dead], peak[~dead], "o", ms=4, label="converged or still training")
-    ax.semilogy(x[dead], np.full(dead.sum(), np.nanmax(peak[~dead]) * 3 if (~dead).any() else 10), "x",
-                color="C3", label="diverged (drawn at the top)")
+    top = 1.0
+    for i, kind in enumerate(ds.model.values):
+        m = measures(ds.sel(model=kind))
+        alive = ~ds.diverged.sel(model=kind).values.ravel()
+        peak = m["peak_over_initial_loss"].values.ravel()
+        top = max(top, float(np.nanmax(np.where(alive, peak, np.nan))) * 3)
+    for i, kind in enumerate(ds.model.values):
+        m = measures(ds.sel(model=kind))
+        x = m["eta_lambda0"].values.ravel()
+        alive = ~ds.diverged.sel(model=kind).values.ravel()
+        peak = m["peak_over_initial_loss"].values.ravel()
+        name = "ReLU (digits)" if kind == "relu" else "uv model (one example)"
+        marker = "o" if kind == "relu" else "s"
+        ax.semilogy(x[alive], peak[alive], marker, color=f"C{i}", ms=4, mfc="none" if kind == "uv" else None,
+                    label=name)
+        ax.semilogy(x[~alive], np.full((~alive).sum(), top), "x", color=f"C{i}",
+                    label=f"{name}: diverged (drawn at the top)")
+        bx.plot(x[alive], m["eta_final_sharpness"].values.ravel()[alive], marker, color=f"C{i}", ms=4,
+                mfc="none" if kind == "uv" else None, label=name)
     ax.set(xlabel="eta * lambda_0", ylabel="peak loss / initial loss", title="how far the loss is catapulted")
-    bx.plot(x[~dead], m["eta_final_sharpness"].values.ravel()[~dead], "o", ms=4)
-    lim = float(np.nanmax(x))
     bx.plot([0, 2], [0, 2], "k:", lw=1, label="eta lambda_final = eta lambda_0")
     bx.axhline(2, color="k", ls="--", lw=1, label="2 (stability of GD)")
-    bx.set(xlabel="eta * lambda_0", ylabel="eta * final sharpness", xlim=(0, lim * 1.05),
-           title="curvature at the end of training")
+    bx.set(xlabel="eta * lambda_0", ylabel="eta * final sharpness", title="curvature at the end of training")
     for a in (ax, bx):
         a.axvline(2, color="grey", lw=0.8)
+        a.axvline(4, color="grey", lw=0.8, ls=":")
         a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=8)
-    fig.suptitle(f"Two-layer ReLU, NTK parameterization, width {config['width']}, {config['data']} "
-                 f"(n = {ds.attrs.get('n_train', config['n_train'])}): catapult (Lewkowycz et al. 2020)")
+        a.legend(fontsize=7)
+    fig.suptitle(f"Wide two-layer networks (NTK parameterization, width {config['width']}), full-batch GD: "
+                 "catapult (Lewkowycz et al. 2020)")
     path = f"{out_dir}/catapult.png"
     fig.savefig(path, dpi=130)
     plt.close(fig)
-    curves = plot.lines(ds.loss.isel(seed=0).assign_coords(lr=ds.target.values).rename(lr="eta_lambda0_target"),
-                        "step", "eta_lambda0_target", f"{out_dir}/catapult_loss.png", over=None, logy=True,
-                        ylabel="train loss (seed 0)", title="loss curves per eta * lambda_0 target")
-    return [path, curves]
+    return [path]
 
 
 if __name__ == "__main__":
