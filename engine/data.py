@@ -82,6 +82,13 @@ def one_hot(labels, classes: int) -> np.ndarray:
     return np.eye(classes, dtype=np.float32)[np.asarray(labels, int)]
 
 
+def standardized(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """x with each feature centred and scaled by the training set's mean and std
+    (features with zero spread are only centred)."""
+    mu, sd = train.mean(0), train.std(0)
+    return (x - mu) / np.where(sd > 0, sd, 1.0)
+
+
 def digits(n_train: int | None = None, standardize: bool = True) -> Dataset:
     """scikit-learn's 8x8 digits (1797 images, 64 features, 10 classes), shipped with
     the package. Features standardized (per pixel, train statistics), one-hot targets;
@@ -93,8 +100,7 @@ def digits(n_train: int | None = None, standardize: bool = True) -> Dataset:
     require(1 <= n_train <= x.shape[0], "n_train", f"got {n_train}",
             f"use 1 <= n_train <= {x.shape[0]}")
     if standardize:
-        mu, sd = x[:n_train].mean(0), x[:n_train].std(0)
-        x = (x - mu) / np.where(sd > 0, sd, 1.0)
+        x = standardized(x, x[:n_train])
     y = one_hot(labels, 10)
     rest = n_train < x.shape[0]
     return _as_dataset(x[:n_train], y[:n_train], x[n_train:] if rest else None,
@@ -102,11 +108,12 @@ def digits(n_train: int | None = None, standardize: bool = True) -> Dataset:
 
 
 def from_npz(path, n: int | None = None, n_test: int | None = None, classes: int | None = None,
-             flatten: bool = False) -> Dataset:
+             flatten: bool = False, standardize: bool = False) -> Dataset:
     """The user's own arrays: an .npz with `x_train`, `y_train` and optionally `x_test`,
     `y_test` (e.g. a CIFAR-10 file they have). Integer labels `[n]` become one-hot
     targets (`classes` inferred if not given); `n` / `n_test` keep the first examples;
-    `flatten` reshapes images to vectors."""
+    `flatten` reshapes images to vectors; `standardize` centres and scales each feature
+    by the (kept) training examples' statistics, as Cohen et al. 2021 do for CIFAR-10."""
     path = os.fspath(path)
     require(os.path.isfile(path), "path", f"no file at {path!r}", "give the path of an .npz file")
     try:
@@ -134,4 +141,6 @@ def from_npz(path, n: int | None = None, n_test: int | None = None, classes: int
     if flatten:
         x = x.reshape(x.shape[0], -1)
         xt = None if xt is None else xt.reshape(xt.shape[0], -1)
+    if standardize:
+        x, xt = standardized(x.astype(np.float32), x), None if xt is None else standardized(xt.astype(np.float32), x)
     return _as_dataset(x, y, xt, yt)

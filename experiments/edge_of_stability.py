@@ -49,7 +49,8 @@ PRESETS = {
 
 
 def training_set(name: str, n_train: int | None) -> data.Dataset:
-    """"chebyshev-K-N", "digits", or the path of the user's .npz (images flattened)."""
+    """"chebyshev-K-N", "digits", or the path of the user's .npz (images flattened,
+    each pixel standardized by the training images' mean and std)."""
     require(isinstance(name, str), "data", f"got {name!r}", "use chebyshev-3-20, digits or a .npz path")
     if name.startswith("chebyshev-"):
         parts = name.split("-")
@@ -59,7 +60,7 @@ def training_set(name: str, n_train: int | None) -> data.Dataset:
     if name == "digits":
         return data.digits(n_train)
     if name.endswith(".npz"):
-        return data.from_npz(name, n=n_train, flatten=True)
+        return data.from_npz(name, n=n_train, flatten=True, standardize=True)
     raise ConfigError("data", f"unknown data set {name!r}",
                       "use chebyshev-K-N, digits, or the path of an .npz with x_train, y_train")
 

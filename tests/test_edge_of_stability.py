@@ -33,3 +33,18 @@ def test_unknown_data_set_is_a_clear_config_error(tmp_path):
     with pytest.raises(ConfigError, match="data"):
         experiment.run(eos, {**eos.PRESETS["quick"], "data": "cifar"}, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_paper_preset_runs_on_the_users_cifar_shaped_npz(tmp_path):
+    """The paper preset's code path (3072-200-200-10 on flattened, standardized images
+    read from an .npz), on random images and a few steps."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cifar.npz"
+    np.savez(path, x_train=rng.random((60, 32, 32, 3), dtype=np.float32), y_train=rng.integers(0, 10, 60))
+    config = {**eos.PRESETS["paper"], "data": str(path), "n_train": 50, "steps": 20, "every": 10, "seeds": 1}
+    experiment.run(eos, config, tmp_path / "out", progress=False)
+    ds = sweep.load(tmp_path / "out" / "results.nc")
+    assert ds.sharpness.sizes == {"seed": 1, "lr": 4, "step": 3} and np.isfinite(ds.sharpness).all()
+    d = eos.training_set(str(path), 50)
+    np.testing.assert_allclose(d.x.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(d.x.std(0), 1, atol=1e-4)
