@@ -18,3 +18,62 @@ def log_log_slope(da: xr.DataArray, dim: str) -> xr.DataArray:
         return np.polyfit(x[ok], np.log(y[ok]), 1)[0]
 
     return xr.apply_ufunc(slope, da, input_core_dims=[[dim]], vectorize=True)
+
+
+def longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(start, stop) of the longest stretch of True in a 1-D boolean array ((0, 0) if none)."""
+    best, cur, span = 0, 0, (0, 0)
+    for i, m in enumerate(np.asarray(mask, bool)):
+        cur = cur + 1 if m else 0
+        if cur > best:
+            best, span = cur, (i - cur + 1, i + 1)
+    return span
+
+
+def spikes(loss: np.ndarray, steps: np.ndarray, factor: float, sharpness: np.ndarray | None = None,
+           curvature: np.ndarray | None = None, threshold: float | None = None) -> list[dict]:
+    """Loss spikes of one trajectory [steps]: a record whose loss exceeds `factor` times
+    the lowest loss before it starts one; its peak is the highest loss before the loss
+    falls back below that level; its onset the last record before the peak within 2x of
+    the running minimum. With a (preconditioned) sharpness and directional curvature
+    series and their stability threshold, each spike also gets the step at which the
+    sharpness last crossed the threshold before the peak and the step at which the
+    curvature first crossed it after that (Bai et al. 2025). [{name: step or value}]."""
+    out, i, n = [], 1, loss.size
+    runmin = np.minimum.accumulate(np.where(np.isfinite(loss), loss, np.inf))
+    while i < n:
+        if not loss[i] > factor * runmin[i - 1]:
+            i += 1
+            continue
+        level, end = factor * runmin[i - 1], i
+        while end + 1 < n and loss[end + 1] > level:
+            end += 1
+        peak = i + int(np.argmax(loss[i:end + 1]))
+        onset = i - 1
+        while onset > 0 and loss[onset] > 2 * runmin[onset - 1]:
+            onset -= 1
+        spike = {"onset_step": int(steps[onset]), "peak_step": int(steps[peak]),
+                 "peak_over_min": float(loss[peak] / runmin[i - 1])}
+        if sharpness is not None:
+            above = sharpness[: peak + 1] > threshold
+            spike["threshold_crossing_step"] = spike["curvature_crossing_step"] = None
+            if above.any():
+                start = peak if above[peak] else int(np.flatnonzero(above)[-1])
+                while start > 0 and above[start - 1]:
+                    start -= 1
+                spike["threshold_crossing_step"] = int(steps[start])
+                crossed = np.flatnonzero(curvature[start: peak + 1] > threshold)
+                if crossed.size:
+                    spike["curvature_crossing_step"] = int(steps[start + crossed[0]])
+        out.append(spike)
+        i = end + 1
+    return out
+
+
+def above_floor(x: np.ndarray, steps: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, log10|x|) of a trajectory up to the first record where |x| is not above
+    `floor` (e.g. where a converged run was frozen) or not finite."""
+    y = np.log10(np.abs(x))
+    ok = np.isfinite(y) & (y > np.log10(floor))
+    end = ok.size if ok.all() else int(np.argmin(ok))
+    return steps[:end].astype(float), y[:end]

@@ -82,6 +82,11 @@ def one_hot(labels, classes: int) -> np.ndarray:
     return np.eye(classes, dtype=np.float32)[np.asarray(labels, int)]
 
 
+def point(x: float = 0.0, y: float = 0.0) -> Dataset:
+    """The single example (x, y), 1-D input and target (e.g. the uv model's (1, 0))."""
+    return _as_dataset(np.array([[x]]), np.array([y]))
+
+
 def standardized(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     """x with each feature centred and scaled by the training set's mean and std
     (features with zero spread are only centred)."""

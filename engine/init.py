@@ -58,6 +58,11 @@ def hidden_width(model: Model, layer: int) -> int:
     return fan_out if layer == 0 else fan_in
 
 
+def point(x0: float = 1.0) -> Initializer:
+    """theta_0 = {"x": [x0]} for `engine.models.scalar()`; x0 is a hyperparameter."""
+    return Initializer("point", {"x0": x0}, lambda key, hp: {"x": jnp.full((1,), hp["x0"])})
+
+
 def scaled(model: Model) -> Initializer:
     """theta_0 = init_scale * (the model's default draw). Any model."""
     def sample(key, hp):

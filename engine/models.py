@@ -211,3 +211,11 @@ def layers(params) -> tuple[tuple[str, Any], ...]:
         return tuple((str(k), params[k]) for k in sorted(params))
     raise ConfigError("params", f"cannot split a {type(params).__name__} into layers",
                       "use a tuple of layers or a dict of submodules")
+
+
+def scalar() -> Model:
+    """One parameter x ({"x": [1]}) whose output is x itself for every input: with a
+    loss of the prediction, a loss of the parameter, e.g. L(x) = x^k / k (Bai et al.
+    2026) or x^2 / 2. Output [n, 1]."""
+    return Model(init=lambda key: {"x": jnp.ones((1,))},
+                 apply=lambda p, inputs: jnp.broadcast_to(p["x"], (inputs.shape[0], 1)), name="scalar", out_dim=1)

@@ -8,6 +8,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save(fig, path) -> str:
+    """Write a figure (130 dpi), free it, return the path."""
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return str(path)
+
+
 def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, logy=False,
           title: str = "", ylabel: str | None = None, xlabel: str | None = None,
           notes: dict | None = None) -> str:
@@ -31,9 +38,7 @@ def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, 
            xlabel=xlabel or x, ylabel=ylabel or da.name, title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return str(path)
+    return save(fig, path)
 
 
 def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | None = "seed",
@@ -63,6 +68,34 @@ def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | Non
     axes[0, 0].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel(x)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return str(path)
+    return save(fig, path)
+
+
+REGIME_COLORS = ("#4c9f70", "#e0a030", "#c04040", "#4a6fb5", "#8c6bb1")
+
+
+def regime_map(ax, labels, regimes: tuple, x: str, y: str, curves: dict | None = None) -> None:
+    """Colour the (x, y) plane of `labels` (a DataArray of regime names with dims y, x)
+    by regime, draw `curves` ({legend: (xs, ys, style)}, e.g. theoretical boundaries)
+    on top, and add a legend entry per regime."""
+    cmap = matplotlib.colors.ListedColormap(REGIME_COLORS[:len(regimes)])
+    codes = np.vectorize(regimes.index)(labels.transpose(y, x).values)
+    ax.pcolormesh(labels[x].values, labels[y].values, codes, cmap=cmap, vmin=-0.5, vmax=len(regimes) - 0.5,
+                  shading="nearest")
+    for name, (xs, ys, style) in (curves or {}).items():
+        ax.plot(xs, ys, style, lw=1.5, label=name)
+    for i, r in enumerate(regimes):
+        ax.scatter([], [], marker="s", color=cmap(i), label=f"measured: {r}")
+    ax.set(xlabel=x, ylabel=y, ylim=(float(labels[y].min()), float(labels[y].max())))
+    ax.legend(fontsize=7, loc="lower right")
+
+
+def grouped_bars(ax, da, x: str, hue: str, ylabel: str) -> None:
+    """Bars of a 2-D DataArray [x, hue]: one group per value of `x`, one bar per `hue`."""
+    pos = np.arange(da.sizes[x])
+    width = 0.8 / da.sizes[hue]
+    for j, h in enumerate(da[hue].values):
+        ax.bar(pos + width * (j + 0.5) - 0.4, da.sel({hue: h}).transpose(x).values, width=width, label=f"{hue} = {h:g}")
+    ax.set_xticks(pos, [f"{x} = {v:g}" for v in da[x].values])
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)

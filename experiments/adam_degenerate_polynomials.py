@@ -32,8 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import experiment, init, models, optim, probes, simulate, sweep
-from engine.data import Dataset
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import require
 
 NAME = "adam_degenerate_polynomials"
@@ -52,21 +51,14 @@ REGIMES = ("stable", "spikes", "oscillation")
 
 def polynomial(k: int) -> tuple:
     """(model, data, loss) of L(x) = x^k / k for one scalar parameter x."""
-    model = models.Model(init=lambda key: {"x": jnp.ones((1,))}, apply=lambda p, inputs: p["x"][None, :],
-                         name=f"x^{k}/{k}", out_dim=1)
-    data = Dataset(x=jnp.zeros((1, 1)), y=jnp.zeros((1, 1)))
-    return model, data, (lambda pred, y: jnp.sum(pred ** k) / k)
-
-
-def start_at(x0: float) -> init.Initializer:
-    return init.Initializer("constant", {"x0": x0}, lambda key, hp: {"x": jnp.full((1,), hp["x0"])})
+    return models.scalar(), data.point(), (lambda pred, y: jnp.sum(pred ** k) / k)
 
 
 def _simulation(config, optimizer, steps=None):
     model, d, loss = polynomial(config["k"])
     x_probe = probes.scalar("x", lambda s: s.params["x"][0])
     # a run whose loss is below 1e-200 (|x| ~ 1e-50) is done: freeze it before v underflows
-    return simulate.simulation(model, d, loss, optimizer, start_at(config["x0"]), steps=steps or config["steps"],
+    return simulate.simulation(model, d, loss, optimizer, init.point(config["x0"]), steps=steps or config["steps"],
                                every=config["every"], probes=("loss", x_probe), converge_below=1e-200)
 
 
@@ -105,19 +97,11 @@ def theory_regime(b1, b2, k: int) -> str:
 TINY = 1e-45  # runs freeze once L < 1e-200, i.e. |x| ~ 1e-50: records below TINY are frozen
 
 
-def _live(x: np.ndarray, steps: np.ndarray) -> tuple:
-    """(steps, log10|x|) of the records before the run froze (|x| > TINY)."""
-    y = np.log10(np.abs(x))
-    ok = np.isfinite(y) & (y > np.log10(TINY))
-    end = ok.size if ok.all() else int(np.argmin(ok))
-    return steps[:end].astype(float), y[:end]
-
-
 def _signature(x: np.ndarray, steps: np.ndarray, lr: float) -> np.ndarray:
     """[slope of log10|x| per step over the late half of the live records, whether
     |x| went 6 decades below the sign-descent scale lr, the largest rise of log10|x|
     above its running minimum (decades), whether the run froze at |x| ~ 1e-50]."""
-    t, y = _live(x, steps)
+    t, y = analysis.above_floor(x, steps, TINY)
     froze = t.size < steps.size
     if t.size < 8:
         return np.array([np.nan, float(froze), 0.0, float(froze)])
@@ -155,6 +139,13 @@ def measured_rate_exponent_error(ds, config: dict) -> xr.DataArray:
     return abs(sig.log10_rate / (np.log10(ds.b2) / (2 * (config["k"] - 2))) - 1)
 
 
+def baselines(ds) -> dict:
+    """{"gd_lr=...": (steps, log10|x|)} of the GD and heavy-ball runs."""
+    return {f"{name}_lr={lr:g}": analysis.above_floor(ds[f"{name}_x"].sel({f"{name}_lr": lr}).values,
+                                                      ds.step.values, TINY)
+            for name in ("gd", "momentum") for lr in ds[f"{name}_lr"].values}
+
+
 def summarize(ds, config: dict) -> dict:
     k = config["k"]
     label = classify(ds, config)
@@ -163,14 +154,8 @@ def summarize(ds, config: dict) -> dict:
     far = (abs(ds.b1 - stable) > config["margin"]) & (abs(ds.b1 - exists) > config["margin"])
     agree = (label == theory).where(far)
     rate_error = measured_rate_exponent_error(ds, config).where((label == "stable") & far & (theory == "stable"))
-    poly = {}
-    for name in ("gd", "momentum"):
-        x = ds[f"{name}_x"]
-        for lr in x[f"{name}_lr"].values:
-            t, y = _live(x.sel({f"{name}_lr": lr}).values, x.step.values)
-            late = slice(t.size // 2, None)
-            slope = np.polyfit(np.log10(t[late]), y[late], 1)[0]
-            poly[f"{name}_lr={lr:g}"] = round(float(slope), 4)
+    poly = {key: round(float(np.polyfit(np.log10(t[t.size // 2:]), y[t.size // 2:], 1)[0]), 4)
+            for key, (t, y) in baselines(ds).items()}
     counts = {r: int((label == r).sum()) for r in REGIMES}
     ex_label = classify(ds, config, ds.example_x)
     examples = {f"b1={b1:g},b2={config['example_b2']:g}": {
@@ -197,40 +182,26 @@ def summarize(ds, config: dict) -> dict:
 def figures(ds, config: dict, out_dir) -> list[str]:
     import matplotlib.pyplot as plt
     k = config["k"]
-    label = classify(ds, config)
-    codes = xr.zeros_like(ds.b1 * ds.b2) + label.copy(data=np.vectorize(REGIMES.index)(label.values))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
-    cmap = plt.matplotlib.colors.ListedColormap(["#4c9f70", "#e0a030", "#c04040"])
-    ax.pcolormesh(ds.b2.values, ds.b1.values, codes.transpose("b1", "b2").values, cmap=cmap, vmin=-0.5,
-                  vmax=2.5, shading="nearest")
     b2 = np.linspace(float(ds.b2.min()), float(ds.b2.max()), 200)
     exists, stable = boundaries(b2, k)
-    ax.plot(b2, stable, "k-", lw=1.5, label=f"stable below: b1 = b2^({k}/{2 * (k - 2)})")
-    ax.plot(b2, exists, "k--", lw=1.5, label=f"fixed point below: b1 = b2^({k - 1}/{2 * (k - 2)})")
-    for i, r in enumerate(REGIMES):
-        ax.scatter([], [], marker="s", color=cmap(i), label=f"measured: {r}")
-    ax.set(xlabel="beta2", ylabel="beta1", ylim=(float(ds.b1.min()), float(ds.b1.max())),
-           title=f"Adam (no eps, no bias correction) on x^{k}/{k}")
-    ax.legend(fontsize=7, loc="lower right")
+    plot.regime_map(ax, classify(ds, config), REGIMES, "b2", "b1", curves={
+        f"stable below: b1 = b2^({k}/{2 * (k - 2)})": (b2, stable, "k-"),
+        f"fixed point below: b1 = b2^({k - 1}/{2 * (k - 2)})": (b2, exists, "k--")})
+    ax.set_title(f"Adam (no eps, no bias correction) on x^{k}/{k}")
     ex_label = classify(ds, config, ds.example_x)
     for b1 in ds.example_b1.values:
         x = ds.example_x.sel(example_b1=b1)
-        t, y = _live(x.values, x.example_step.values)
+        t, y = analysis.above_floor(x.values, x.example_step.values, TINY)
         bx.plot(np.maximum(t, 1), 10 ** y, label=f"Adam b1={b1:g}, b2={config['example_b2']:g}: theory "
                 f"{theory_regime(b1, config['example_b2'], k)}, measured {str(ex_label.sel(example_b1=b1).values)}")
-    for name in ("gd", "momentum"):
-        x = ds[f"{name}_x"]
-        lr = x[f"{name}_lr"].values[-1]
-        t, y = _live(x.sel({f"{name}_lr": lr}).values, x.step.values)
-        bx.plot(np.maximum(t, 1), 10 ** y, "--", label=f"{name} lr={lr:g}: ~ t^(-1/(k-2))")
+    for key, (t, y) in baselines(ds).items():
+        bx.plot(np.maximum(t, 1), 10 ** y, "--", label=f"{key}: ~ t^(-1/(k-2))")
     bx.set(xscale="log", yscale="log", xlabel="step", ylabel="|x_t|",
            title="Adam: linear, spikes or oscillation; GD, momentum: t^(-1/(k-2))")
     bx.legend(fontsize=7)
     bx.grid(alpha=0.3, which="both")
-    path = f"{out_dir}/adam_phase_diagram.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return [path]
+    return [plot.save(fig, f"{out_dir}/adam_phase_diagram.png")]
 
 
 if __name__ == "__main__":

@@ -35,13 +35,12 @@ from __future__ import annotations
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import require
-from experiments.adam_degenerate_polynomials import polynomial, start_at
+from experiments.adam_degenerate_polynomials import polynomial
 
 NAME = "adam_spikes"
 PRESETS = {
@@ -72,7 +71,7 @@ def network(config) -> simulate.Simulation:
 def quadratic(config) -> simulate.Simulation:
     model, d, loss = polynomial(2)
     return simulate.simulation(
-        model, d, loss, optim.adam(lr=config["quadratic_lr"], b1=config["b1"]), start_at(1.0),
+        model, d, loss, optim.adam(lr=config["quadratic_lr"], b1=config["b1"]), init.point(1.0),
         steps=config["quadratic_steps"], every=config["quadratic_every"],
         probes=("loss", probes.scalar("preconditioner", _p), probes.scalar("grad_sq", lambda s: s.params["x"][0] ** 2)))
 
@@ -94,43 +93,8 @@ def run_sweep(config: dict):
 
 
 def threshold(b1: float, lr: float) -> float:
-    return (2 + 2 * b1) / ((1 - b1) * lr)
-
-
-def find_spikes(loss: np.ndarray, lam: np.ndarray, curv: np.ndarray, steps: np.ndarray, thr: float,
-                factor: float) -> list[dict]:
-    """Spikes of one run (see the module docstring); lam, curv may be None."""
-    out, i, n = [], 1, loss.size
-    runmin = np.minimum.accumulate(np.where(np.isfinite(loss), loss, np.inf))
-    while i < n:
-        if not loss[i] > factor * runmin[i - 1]:
-            i += 1
-            continue
-        level = factor * runmin[i - 1]
-        end = i
-        while end + 1 < n and loss[end + 1] > level:
-            end += 1
-        peak = i + int(np.argmax(loss[i:end + 1]))
-        onset = i - 1
-        while onset > 0 and loss[onset] > 2 * runmin[onset - 1]:
-            onset -= 1
-        spike = {"onset_step": int(steps[onset]), "peak_step": int(steps[peak]),
-                 "peak_over_min": float(loss[peak] / runmin[i - 1])}
-        if lam is not None:
-            above = lam[: peak + 1] > thr
-            if above.any():
-                last = peak if above[peak] else int(np.flatnonzero(above)[-1])
-                start = last
-                while start > 0 and above[start - 1]:
-                    start -= 1
-                spike["threshold_crossing_step"] = int(steps[start])
-                crossed = np.flatnonzero(curv[start: peak + 1] > thr)
-                spike["curvature_crossing_step"] = int(steps[start + crossed[0]]) if crossed.size else None
-            else:
-                spike["threshold_crossing_step"] = spike["curvature_crossing_step"] = None
-        out.append(spike)
-        i = end + 1
-    return out
+    """(2 + 2 b1) / ((1 - b1) lr), `engine.optim.stability_threshold` of Adam."""
+    return optim.stability_threshold(optim.adam(), {"lr": lr, "b1": b1})
 
 
 def network_spikes(ds, config) -> dict:
@@ -141,9 +105,9 @@ def network_spikes(ds, config) -> dict:
         for eps in ds.eps.values:
             for seed in ds.seed.values:
                 r = ds.sel(b2=b2, eps=eps, seed=seed)
-                found[(float(b2), float(eps), int(seed))] = find_spikes(
-                    r.loss.values, r.preconditioned_sharpness.values, r.preconditioned_directional_curvature.values,
-                    ds.step.values, thr, config["spike"])
+                found[(float(b2), float(eps), int(seed))] = analysis.spikes(
+                    r.loss.values, ds.step.values, config["spike"], r.preconditioned_sharpness.values,
+                    r.preconditioned_directional_curvature.values, thr)
     return found
 
 
@@ -158,16 +122,11 @@ def v_decay(ds, config) -> dict:
         v_hat = (r.quadratic_preconditioner.values / corr - 1e-8) ** 2
         v = v_hat * (1 - b2 ** np.maximum(t, 1))
         quiet = (r.quadratic_grad_sq.values < 1e-3 * v) & (t > 0) & (v > 0)
-        # the longest quiet stretch
-        best, cur, best_rng = 0, 0, (0, 0)
-        for i, q in enumerate(quiet):
-            cur = cur + 1 if q else 0
-            if cur > best:
-                best, best_rng = cur, (i - cur + 1, i + 1)
-        if best < 10:
+        start, stop = analysis.longest_run(quiet)
+        if stop - start < 10:
             out[f"{b2:g}"] = None
             continue
-        sl = slice(*best_rng)
+        sl = slice(start, stop)
         slope = np.polyfit(t[sl], np.log(v[sl]), 1)[0]
         out[f"{b2:g}"] = {"log_v_slope_over_log_b2": round(float(slope / np.log(b2)), 4),
                           "quiet_steps": int(t[sl][-1] - t[sl][0])}
@@ -188,8 +147,8 @@ def summarize(ds, config: dict) -> dict:
     b2s = sorted(float(b) for b in ds.b2.values)
     by_b2 = [counts[f"b2={b:g},eps={small_eps:g}"] for b in b2s]
     lower, upper = by_b2[: len(by_b2) // 2], by_b2[(len(by_b2) + 1) // 2:]
-    quad_spikes = {f"{b2:g}": len(find_spikes(ds.quadratic_loss.sel(quadratic_b2=b2).values, None, None,
-                                              ds.quadratic_step.values, 0.0, config["spike"]))
+    quad_spikes = {f"{b2:g}": len(analysis.spikes(ds.quadratic_loss.sel(quadratic_b2=b2).values,
+                                                  ds.quadratic_step.values, config["spike"]))
                    for b2 in ds.quadratic_b2.values}
     decay = v_decay(ds, config)
     large_eps = [c for k, c in counts.items() if float(k.split("eps=")[1]) >= 0.05]
@@ -242,19 +201,13 @@ def figures(ds, config: dict, out_dir) -> list[str]:
                 ax.axvline(s["threshold_crossing_step"], color="C2", lw=0.6, alpha=0.6)
     axes[0].set_title(f"Adam on sin x + sin 4x, b2 = {b2:g}, eps = {small_eps:g}, seed {seed}: "
                       "spikes\n(red: loss peaks, green: lambda_max(P^-1 H) crossing the threshold before them)")
-    counts = [[sum(len(found[(float(b), float(e), int(s))]) for s in ds.seed.values) for e in ds.eps.values]
-              for b in ds.b2.values]
-    x = np.arange(len(ds.b2))
-    for j, e in enumerate(ds.eps.values):
-        axes[2].bar(x + 0.8 * j / len(ds.eps) - 0.3, [c[j] for c in counts], width=0.8 / len(ds.eps),
-                    label=f"eps = {e:g}")
-    axes[2].set_xticks(x, [f"b2 = {b:g}" for b in ds.b2.values])
-    axes[2].set_ylabel(f"spikes, {ds.sizes['seed']} seeds\n(loss > {config['spike']:g} x its minimum)")
-    axes[2].legend(fontsize=8)
+    counts = xr.DataArray([[sum(len(found[(float(b), float(e), int(s))]) for s in ds.seed.values)
+                            for e in ds.eps.values] for b in ds.b2.values],
+                          coords={"b2": ds.b2.values, "eps": ds.eps.values}, dims=("b2", "eps"))
+    plot.grouped_bars(axes[2], counts, "b2", "eps",
+                      f"spikes, {ds.sizes['seed']} seeds\n(loss > {config['spike']:g} x its minimum)")
     axes[1].set_xlabel("step")
-    path = f"{out_dir}/adam_spikes.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    path = plot.save(fig, f"{out_dir}/adam_spikes.png")
     q = ds.quadratic_preconditioner.rename(quadratic_b2="b2", quadratic_step="step")
     quad = plot.panels(f"{out_dir}/adam_spikes_quadratic.png",
                        [{"da": ds.quadratic_loss.rename(quadratic_b2="b2", quadratic_step="step"),

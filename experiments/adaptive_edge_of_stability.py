@@ -59,8 +59,8 @@ def run_sweep(config: dict):
 
 
 def threshold(ds):
-    """(2 + 2 b1) / ((1 - b1) lr): [lr, b1]."""
-    return (2 + 2 * ds.b1) / ((1 - ds.b1) * ds.lr)
+    """(2 + 2 b1) / ((1 - b1) lr) (`engine.optim.stability_threshold`): [lr, b1]."""
+    return optim.stability_threshold(optim.adam(), {"lr": ds.lr, "b1": ds.b1})
 
 
 def summarize(ds, config: dict) -> dict:

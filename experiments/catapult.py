@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.data import Dataset
+from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import require
 from experiments.edge_of_stability import training_set
 
@@ -48,7 +46,7 @@ PRESETS = {
 
 def training_data(config: dict, kind: str):
     if kind == "uv":  # the uv model's single example (x, y) = (1, 0)
-        return Dataset(x=jnp.ones((1, 1)), y=jnp.zeros((1, 1)))
+        return data.point(1.0, 0.0)
     return training_set(config["data"], config["n_train"])
 
 
@@ -168,9 +166,7 @@ def figures(ds, config: dict, out_dir) -> list[str]:
     fig.suptitle(f"Wide two-layer networks (NTK parameterization, width {config['width']}), full-batch GD: "
                  "catapult (Lewkowycz et al. 2020)")
     path = f"{out_dir}/catapult.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return [path]
+    return [plot.save(fig, path)]
 
 
 if __name__ == "__main__":

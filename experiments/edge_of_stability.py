@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 
 from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import ConfigError, require
