@@ -12,6 +12,7 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     accuracy, test_accuracy    argmax accuracy (classification targets)
     param_norm                 ||theta_t||
     grad_norm                  ||grad L(theta_t)||
+    prediction                 f(x_i; theta_t) on the training inputs, dims ("example", "output")
     loss_change                L(theta_t + u_t) - L(theta_t), u_t the optimizer's next update
                                (> 0: the next step raises the loss; edge of stability)
     relative_change            ||theta_t - theta_0|| / ||theta_0||
@@ -227,6 +228,7 @@ BUILTIN = {
         needs={"classification", "test"}),
     "param_norm": lambda: scalar("param_norm", lambda s: norm(s.params)),
     "loss_change": lambda: scalar("loss_change", loss_change),
+    "prediction": lambda: scalar("prediction", lambda s: s.predict(s.params, s.data.x), dims=("example", "output")),
     "grad_norm": lambda: scalar("grad_norm", lambda s: norm(jax.grad(s.loss_fn)(s.params))),
     "relative_change": lambda: scalar("relative_change", lambda s: relative_change(s.params, s.params0)),
     "relative_change_layer": lambda: scalar(
