@@ -30,6 +30,16 @@ def longest_run(mask: np.ndarray) -> tuple[int, int]:
     return span
 
 
+def slope_on_longest_run(t: np.ndarray, y: np.ndarray, mask: np.ndarray, min_len: int = 10):
+    """Least-squares slope of y against t over the longest stretch where `mask` holds,
+    and that stretch's length in t: (slope, span); None if it has fewer than `min_len`
+    records."""
+    start, stop = longest_run(mask)
+    if stop - start < min_len:
+        return None
+    return np.polyfit(t[start:stop], y[start:stop], 1)[0], t[stop - 1] - t[start]
+
+
 def spikes(loss: np.ndarray, steps: np.ndarray, factor: float, sharpness: np.ndarray | None = None,
            curvature: np.ndarray | None = None, threshold: float | None = None) -> list[dict]:
     """Loss spikes of one trajectory [steps]: a record whose loss exceeds `factor` times
@@ -53,7 +63,7 @@ def spikes(loss: np.ndarray, steps: np.ndarray, factor: float, sharpness: np.nda
         while onset > 0 and loss[onset] > 2 * runmin[onset - 1]:
             onset -= 1
         spike = {"onset_step": int(steps[onset]), "peak_step": int(steps[peak]),
-                 "peak_over_min": float(loss[peak] / runmin[i - 1])}
+                 "peak_over_min": float(loss[peak] / runmin[i - 1]) if runmin[i - 1] > 0 else float("inf")}
         if sharpness is not None:
             above = sharpness[: peak + 1] > threshold
             spike["threshold_crossing_step"] = spike["curvature_crossing_step"] = None

@@ -99,3 +99,21 @@ def grouped_bars(ax, da, x: str, hue: str, ylabel: str) -> None:
     ax.set_xticks(pos, [f"{x} = {v:g}" for v in da[x].values])
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
+
+
+def spike_trace(axes, steps, loss, series: dict, threshold: float, threshold_label: str, spikes: list) -> None:
+    """Two stacked axes: the loss, and curvature `series` ({label: values}) against a
+    stability threshold, with each spike's peak (red) and threshold crossing (green)
+    marked on both (spikes as from `engine.analysis.spikes`)."""
+    axes[0].semilogy(steps, loss, lw=1)
+    axes[0].set_ylabel("train loss")
+    for label, values in series.items():
+        axes[1].semilogy(steps, np.abs(values), lw=1, alpha=0.85, label=label)
+    axes[1].axhline(threshold, color="k", ls="--", lw=1, label=threshold_label)
+    axes[1].set_xlabel("step")
+    axes[1].legend(fontsize=8)
+    for s in spikes:
+        for ax in axes[:2]:
+            ax.axvline(s["peak_step"], color="C3", lw=0.6, alpha=0.6)
+            if s.get("threshold_crossing_step") is not None:
+                ax.axvline(s["threshold_crossing_step"], color="C2", lw=0.6, alpha=0.6)

@@ -41,11 +41,10 @@ PRESETS = {
               "b2s": list(np.round(np.linspace(0.5, 0.995, 15), 4)), "steps": 20000, "every": 20,
               "gd_lrs": [0.01, 0.1], "momentum": 0.9, "flat": 0.2, "margin": 0.03,
               "example_b2": 0.99, "example_b1s": [0.9, 0.9905, 0.995], "example_steps": 40000},
-    "paper": {"k": 4, "x0": 1.0, "lr": 0.01, "b1s": list(np.round(np.linspace(0.0, 0.995, 25), 4)),
-              "b2s": list(np.round(np.linspace(0.5, 0.999, 25), 4)), "steps": 100000, "every": 50,
-              "gd_lrs": [0.01, 0.1], "momentum": 0.9, "flat": 0.2, "margin": 0.03,
-              "example_b2": 0.99, "example_b1s": [0.9, 0.9905, 0.995], "example_steps": 100000},
 }
+PRESETS["paper"] = {**PRESETS["quick"], "b1s": list(np.round(np.linspace(0.0, 0.995, 25), 4)),
+                    "b2s": list(np.round(np.linspace(0.5, 0.999, 25), 4)), "steps": 100000, "every": 50,
+                    "example_steps": 100000}
 REGIMES = ("stable", "spikes", "oscillation")
 
 
@@ -69,19 +68,15 @@ def run_sweep(config: dict):
         adam = sweep.sweep(_simulation(config, optim.adam_raw(lr=config["lr"])),
                            grid={"b1": [float(b) for b in config["b1s"]], "b2": [float(b) for b in config["b2s"]]},
                            seeds=1, progress=config.get("progress"))
-        gd = sweep.sweep(_simulation(config, optim.gd()), grid={"lr": [float(v) for v in config["gd_lrs"]]},
-                         seeds=1, progress=False)
-        hb = sweep.sweep(_simulation(config, optim.momentum(momentum=config["momentum"])),
-                         grid={"lr": [float(v) for v in config["gd_lrs"]]}, seeds=1, progress=False)
+        plain = {name: sweep.sweep(_simulation(config, opt), grid={"lr": [float(v) for v in config["gd_lrs"]]},
+                                   seeds=1, progress=False)
+                 for name, opt in (("gd", optim.gd()), ("momentum", optim.momentum(momentum=config["momentum"])))}
         examples = sweep.sweep(_simulation(config, optim.adam_raw(lr=config["lr"]), config["example_steps"]),
                                grid={"b1": [float(b) for b in config["example_b1s"]],
                                      "b2": [float(config["example_b2"])]}, seeds=1, progress=False)
     out = adam.isel(seed=0, drop=True)
-    ex = examples.isel(seed=0, b2=0, drop=True)
-    out["example_x"] = ex.x.rename(b1="example_b1", step="example_step")
-    for name, ds in (("gd", gd), ("momentum", hb)):
-        out[f"{name}_x"] = ds.x.isel(seed=0, drop=True).rename(lr=f"{name}_lr")
-    return out
+    out["example_x"] = examples.x.isel(seed=0, b2=0, drop=True).rename(b1="example_b1", step="example_step")
+    return out.assign({f"{name}_x": ds.x.isel(seed=0, drop=True).rename(lr=f"{name}_lr") for name, ds in plain.items()})
 
 
 def boundaries(b2, k: int) -> tuple:
@@ -114,6 +109,7 @@ def _signature(x: np.ndarray, steps: np.ndarray, lr: float) -> np.ndarray:
 
 
 def signature(x: xr.DataArray, lr: float) -> xr.Dataset:
+    """`_signature` of every run of x [..., step] as named variables."""
     out = xr.apply_ufunc(_signature, x, x[x.dims[-1]], kwargs={"lr": lr}, input_core_dims=[[x.dims[-1]]] * 2,
                          output_core_dims=[["stat"]], vectorize=True)
     return xr.Dataset({name: out.isel(stat=i, drop=True) for i, name in
@@ -133,12 +129,6 @@ def classify(ds, config: dict, x=None) -> xr.DataArray:
     return xr.where(stable, "stable", xr.where(spikes, "spikes", "oscillation"))
 
 
-def measured_rate_exponent_error(ds, config: dict) -> xr.DataArray:
-    """|log r / log r_theory - 1| with r_theory = b2^(1/(2(k-2))), r the late-phase rate."""
-    sig = signature(ds.x, config["lr"])
-    return abs(sig.log10_rate / (np.log10(ds.b2) / (2 * (config["k"] - 2))) - 1)
-
-
 def baselines(ds) -> dict:
     """{"gd_lr=...": (steps, log10|x|)} of the GD and heavy-ball runs."""
     return {f"{name}_lr={lr:g}": analysis.above_floor(ds[f"{name}_x"].sel({f"{name}_lr": lr}).values,
@@ -153,7 +143,9 @@ def summarize(ds, config: dict) -> dict:
     exists, stable = boundaries(ds.b2, k)
     far = (abs(ds.b1 - stable) > config["margin"]) & (abs(ds.b1 - exists) > config["margin"])
     agree = (label == theory).where(far)
-    rate_error = measured_rate_exponent_error(ds, config).where((label == "stable") & far & (theory == "stable"))
+    # |log r / log r_theory - 1|, r the late-phase rate and r_theory = b2^(1/(2(k-2)))
+    rate = signature(ds.x, config["lr"]).log10_rate
+    rate_error = abs(rate / (np.log10(ds.b2) / (2 * (k - 2))) - 1).where((label == "stable") & far & (theory == "stable"))
     poly = {key: round(float(np.polyfit(np.log10(t[t.size // 2:]), y[t.size // 2:], 1)[0]), 4)
             for key, (t, y) in baselines(ds).items()}
     counts = {r: int((label == r).sum()) for r in REGIMES}

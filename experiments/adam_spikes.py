@@ -48,16 +48,9 @@ PRESETS = {
               "epss": [1e-8, 0.1], "seeds": 3, "steps": 10000, "every": 10, "spike": 100.0,
               "quadratic_lr": 0.01, "quadratic_b2s": [0.99, 0.995, 0.999], "quadratic_steps": 30000,
               "quadratic_every": 5},
-    "paper": {"widths": [1, 256, 256, 1], "n": 256, "lr": 0.001, "b1": 0.9, "b2s": [0.9, 0.95, 0.99, 0.999],
-              "epss": [1e-8, 1e-4, 0.1], "seeds": 8, "steps": 50000, "every": 5, "spike": 100.0,
-              "quadratic_lr": 0.01, "quadratic_b2s": [0.99, 0.995, 0.999], "quadratic_steps": 60000,
-              "quadratic_every": 5},
 }
-
-
-def _p(snap) -> jax.Array:
-    """Adam's preconditioner of the single parameter."""
-    return optim.preconditioner(snap.opt_state, snap.hparams)["x"][0]
+PRESETS["paper"] = {**PRESETS["quick"], "widths": [1, 256, 256, 1], "n": 256, "epss": [1e-8, 1e-4, 0.1],
+                    "seeds": 8, "steps": 50000, "every": 5, "quadratic_steps": 60000}
 
 
 def network(config) -> simulate.Simulation:
@@ -73,7 +66,8 @@ def quadratic(config) -> simulate.Simulation:
     return simulate.simulation(
         model, d, loss, optim.adam(lr=config["quadratic_lr"], b1=config["b1"]), init.point(1.0),
         steps=config["quadratic_steps"], every=config["quadratic_every"],
-        probes=("loss", probes.scalar("preconditioner", _p), probes.scalar("grad_sq", lambda s: s.params["x"][0] ** 2)))
+        probes=("loss", probes.scalar("preconditioner", lambda s: optim.preconditioner(s.opt_state, s.hparams)["x"][0]),
+                probes.scalar("grad_sq", lambda s: s.params["x"][0] ** 2)))  # g = x for x^2/2
 
 
 def run_sweep(config: dict):
@@ -86,10 +80,7 @@ def run_sweep(config: dict):
         quad = sweep.sweep(quadratic(config), grid={"b2": [float(b) for b in config["quadratic_b2s"]]},
                            seeds=1, progress=False)
     quad = quad.isel(seed=0, drop=True).rename(b2="quadratic_b2", step="quadratic_step")
-    out = net.copy()
-    for name in ("loss", "preconditioner", "grad_sq"):
-        out[f"quadratic_{name}"] = quad[name]
-    return out
+    return net.assign({f"quadratic_{name}": quad[name] for name in ("loss", "preconditioner", "grad_sq")})
 
 
 def threshold(b1: float, lr: float) -> float:
@@ -122,14 +113,9 @@ def v_decay(ds, config) -> dict:
         v_hat = (r.quadratic_preconditioner.values / corr - 1e-8) ** 2
         v = v_hat * (1 - b2 ** np.maximum(t, 1))
         quiet = (r.quadratic_grad_sq.values < 1e-3 * v) & (t > 0) & (v > 0)
-        start, stop = analysis.longest_run(quiet)
-        if stop - start < 10:
-            out[f"{b2:g}"] = None
-            continue
-        sl = slice(start, stop)
-        slope = np.polyfit(t[sl], np.log(v[sl]), 1)[0]
-        out[f"{b2:g}"] = {"log_v_slope_over_log_b2": round(float(slope / np.log(b2)), 4),
-                          "quiet_steps": int(t[sl][-1] - t[sl][0])}
+        fit = analysis.slope_on_longest_run(t, np.log(np.where(v > 0, v, 1.0)), quiet)
+        out[f"{b2:g}"] = None if fit is None else {"log_v_slope_over_log_b2": round(float(fit[0] / np.log(b2)), 4),
+                                                   "quiet_steps": int(fit[1])}
     return out
 
 
@@ -187,18 +173,10 @@ def figures(ds, config: dict, out_dir) -> list[str]:
     r = ds.sel(b2=b2, eps=small_eps, seed=seed)
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), constrained_layout=True, height_ratios=(1, 1, 0.7))
     axes[1].sharex(axes[0])
-    axes[0].semilogy(ds.step, r.loss, lw=1)
-    axes[0].set_ylabel("train loss")
-    axes[1].semilogy(ds.step, r.preconditioned_sharpness, lw=1, label="lambda_max(P^-1 H)")
-    axes[1].semilogy(ds.step, np.abs(r.preconditioned_directional_curvature), lw=1, alpha=0.8,
-                     label="|preconditioned directional curvature|")
-    axes[1].axhline(thr, color="k", ls="--", lw=1, label=f"threshold (2 + 2 b1)/((1 - b1) eta) = {thr:g}")
-    axes[1].legend(fontsize=8)
-    for s in found[(b2, small_eps, int(seed))]:
-        for ax in axes[:2]:
-            ax.axvline(s["peak_step"], color="C3", lw=0.6, alpha=0.6)
-            if s.get("threshold_crossing_step") is not None:
-                ax.axvline(s["threshold_crossing_step"], color="C2", lw=0.6, alpha=0.6)
+    plot.spike_trace(axes, ds.step.values, r.loss.values,
+                     {"lambda_max(P^-1 H)": r.preconditioned_sharpness.values,
+                      "|preconditioned directional curvature|": r.preconditioned_directional_curvature.values},
+                     thr, f"threshold (2 + 2 b1)/((1 - b1) eta) = {thr:g}", found[(b2, small_eps, int(seed))])
     axes[0].set_title(f"Adam on sin x + sin 4x, b2 = {b2:g}, eps = {small_eps:g}, seed {seed}: "
                       "spikes\n(red: loss peaks, green: lambda_max(P^-1 H) crossing the threshold before them)")
     counts = xr.DataArray([[sum(len(found[(float(b), float(e), int(s))]) for s in ds.seed.values)
@@ -206,7 +184,6 @@ def figures(ds, config: dict, out_dir) -> list[str]:
                           coords={"b2": ds.b2.values, "eps": ds.eps.values}, dims=("b2", "eps"))
     plot.grouped_bars(axes[2], counts, "b2", "eps",
                       f"spikes, {ds.sizes['seed']} seeds\n(loss > {config['spike']:g} x its minimum)")
-    axes[1].set_xlabel("step")
     path = plot.save(fig, f"{out_dir}/adam_spikes.png")
     q = ds.quadratic_preconditioner.rename(quadratic_b2="b2", quadratic_step="step")
     quad = plot.panels(f"{out_dir}/adam_spikes_quadratic.png",
