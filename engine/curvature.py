@@ -12,6 +12,7 @@ parameter vector theta: [n].
     preconditioned_sharpness   lambda_max(P^-1 H) = lambda_max(P^-1/2 H P^-1/2)  (Cohen et al. 2022)
     directional_curvature      d^T H d / d^T d; with P: (d^T H d) / (d^T P d), d = P^-1 g
     hutchinson_trace           tr H ~ mean_z z^T H z, z Rademacher  (Hutchinson 1989)
+    spectral_norm              ||H||_2 = max |lambda(H)| by power iteration (for step sizes)
 """
 from __future__ import annotations
 
@@ -244,6 +245,30 @@ def preconditioned_sharpness(loss_fn: Callable, params, precond, key, iters: int
     """lambda_max(P^-1 H) for a diagonal preconditioner P (pytree of positive entries),
     computed in the symmetric form P^-1/2 H P^-1/2 (Cohen et al. 2022). Scalar."""
     return top_eigenvalues(loss_fn, params, key, 1, iters, precond=precond).values[0]
+
+
+def spectral_norm(loss_fn: Callable, params, key, iters: int = 20, init=None):
+    """||H||_2 = max_i |lambda_i(H)| by power iteration, warm-started from `init` (a
+    flat unit vector [n], or None / zeros / non-finite for a random start).
+
+    Returns (rho, v): rho = ||H v_{iters-1}||, a lower bound that converges to ||H||_2
+    at the rate |lambda_2 / lambda_1|, and v = H v_{iters-1} / rho for the next warm
+    start. Unlike Lanczos for lambda_max it also sees negative curvature, such as the
+    +-s pairs of the saddle at theta = 0 of a small-initialized network."""
+    require(isinstance(iters, int) and iters >= 1, "iters", f"got {iters!r}", "use an integer >= 1")
+    matvec, n, _ = flat_operator(loss_fn, params)
+    dtype = ravel_pytree(params)[0].dtype
+    v = _start_block(key, n, dtype, init, 1)[0]
+    v = v / jnp.linalg.norm(v)
+
+    def step(_, carry):
+        v, _ = carry
+        w = matvec(v)
+        rho = jnp.linalg.norm(w)
+        return jnp.where(rho > 0, w / jnp.maximum(rho, 1e-30), v), rho
+
+    v, rho = jax.lax.fori_loop(0, iters, step, (v, jnp.zeros((), dtype)))
+    return rho, v
 
 
 def _dot(a, b):

@@ -15,14 +15,9 @@ def save(fig, path) -> str:
     return str(path)
 
 
-def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, logy=False,
-          title: str = "", ylabel: str | None = None, xlabel: str | None = None,
-          notes: dict | None = None) -> str:
-    """One line per value of `hue` of `da` against coordinate `x`: the median over `over`
-    with its min-max band; `notes[value]` is appended to that line's label. Saves to
-    `path`, returns it."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, da.sizes[hue]))
+def _draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None = None, colors=None) -> None:
+    """One line per value of `hue`: the median over `over` with its min-max band."""
+    colors = plt.cm.viridis(np.linspace(0, 0.9, da.sizes[hue])) if colors is None else colors
     for c, value in zip(colors, da[hue].values):
         line = da.sel({hue: value})
         if over is not None and over in line.dims:
@@ -34,10 +29,44 @@ def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, 
         if notes and value in notes:
             label += f"  {notes[value]}"
         ax.plot(mid[x].values, mid.values, "o-", color=c, ms=3, label=label)
+
+
+def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, logy=False,
+          title: str = "", ylabel: str | None = None, xlabel: str | None = None,
+          notes: dict | None = None) -> str:
+    """One line per value of `hue` of `da` against coordinate `x`: the median over `over`
+    with its min-max band; `notes[value]` is appended to that line's label. Saves to
+    `path`, returns it."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    _draw_lines(ax, da, x, hue, over, notes)
     ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear",
            xlabel=xlabel or x, ylabel=ylabel or da.name, title=title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    return save(fig, path)
+
+
+def lines_grid(da, x: str, hue: str, panel: str, path, *, over: str | None = "seed", logx=False,
+               logy=False, title: str = "", ylabel: str | None = None, cols: int = 4) -> str:
+    """Small multiples: one panel per value of `panel`, in each one line per value of
+    `hue` against `x` (median over `over`, min-max band), shared axes."""
+    n = da.sizes[panel]
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.5), sharex=True, sharey=True,
+                             constrained_layout=True, squeeze=False)
+    for ax, value in zip(axes.flat, da[panel].values):
+        _draw_lines(ax, da.sel({panel: value}), x, hue, over)
+        ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear", title=f"{panel} = {value:g}")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel or da.name)
+    for ax in axes[-1]:
+        ax.set_xlabel(x)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right center", frameon=False)
+    fig.suptitle(title)
     return save(fig, path)
 
 
@@ -86,8 +115,35 @@ def regime_map(ax, labels, regimes: tuple, x: str, y: str, curves: dict | None =
         ax.plot(xs, ys, style, lw=1.5, label=name)
     for i, r in enumerate(regimes):
         ax.scatter([], [], marker="s", color=cmap(i), label=f"measured: {r}")
-    ax.set(xlabel=x, ylabel=y, ylim=(float(labels[y].min()), float(labels[y].max())))
+    _cell_limits(ax, labels, x, y)
     ax.legend(fontsize=7, loc="lower right")
+
+
+def _cell_limits(ax, da, x: str, y: str) -> None:
+    """Axis labels and limits that show every cell of a (x, y) grid whole, and no more."""
+    pad = {c: 0.5 * float(np.min(np.diff(np.sort(da[c].values)))) if da.sizes[c] > 1 else 0.5 for c in (x, y)}
+    ax.set(xlabel=x, ylabel=y, xlim=(float(da[x].min()) - pad[x], float(da[x].max()) + pad[x]),
+           ylim=(float(da[y].min()) - pad[y], float(da[y].max()) + pad[y]))
+
+
+def value_map(ax, da, x: str, y: str, label: str, curves: dict | None = None, fmt: str = "{:+.2f}") -> None:
+    """Colour the (x, y) plane by the values of `da` (dims y, x) on a diverging scale
+    centred at 0, print each value in its cell, and draw `curves` ({legend: (xs, ys,
+    style)}, e.g. theoretical boundaries) on top."""
+    values = da.transpose(y, x).values
+    tiny = 1e-12 + 1e-6 * float(np.nanmax(np.abs(values)))
+    norm = matplotlib.colors.TwoSlopeNorm(0.0, min(float(np.nanmin(values)), -tiny), max(float(np.nanmax(values)), tiny))
+    mesh = ax.pcolormesh(da[x].values, da[y].values, values, cmap="RdBu_r", norm=norm, shading="nearest")
+    plt.colorbar(mesh, ax=ax, label=label)
+    for j, yv in enumerate(da[y].values):
+        for i, xv in enumerate(da[x].values):
+            if np.isfinite(values[j, i]):
+                ax.text(xv, yv, fmt.format(values[j, i]), ha="center", va="center", fontsize=6)
+    for name, (xs, ys, style) in (curves or {}).items():
+        ax.plot(xs, ys, style, lw=1.5, label=name)
+    _cell_limits(ax, da, x, y)
+    if curves:
+        ax.legend(fontsize=7, loc="upper left")
 
 
 def grouped_bars(ax, da, x: str, hue: str, ylabel: str) -> None:

@@ -23,6 +23,8 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     directional_curvature                 g^T H g / g^T g, g the full gradient
     preconditioned_directional_curvature  (d^T H d)/(d^T P d), d = P^-1 g
     trace (+ trace_error)                 Hutchinson estimate of tr H
+    step_size (lr, hessian_norm)          the learning rate a run can afford, fraction * 2 / ||H||_2,
+                                          for `simulation(step_size=...)`
 """
 from __future__ import annotations
 
@@ -208,6 +210,41 @@ def trace(samples: int = 16, examples: int | None = None) -> Probe:
     return Probe("trace", measure, {"trace": (), "trace_error": ()})
 
 
+def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_max: float = 1e3) -> Probe:
+    """The learning rate a run can afford now: lr = min(lr_max, fraction * 2 / ||H||_2),
+    ||H||_2 = max |lambda(H)| by power iteration (`engine.curvature.spectral_norm`),
+    warm-started from the previous measurement (`iters` products at step 0, then
+    `warm_iters`). Records `lr` (used for the next `every` steps when given to
+    `engine.simulate.simulation(step_size=...)`) and `hessian_norm`.
+
+    GD on a quadratic is stable iff lr * lambda_max < 2, so fraction < 1 leaves a margin
+    for the growth of the curvature between measurements; |lambda_min| counts too,
+    because a small initialization sits near a saddle whose negative curvature sets the
+    escape rate (1 + lr |lambda_min| per step). This replaces the learning-rate halving
+    retries of hand-written phase-diagram scripts (Luo et al. 2021)."""
+    require(isinstance(fraction, (int, float)) and 0 < fraction <= 1, "probes.fraction",
+            f"got {fraction!r}", "use a number in (0, 1]: the fraction of the stability limit 2/||H||")
+    for field, v in (("iters", iters), ("warm_iters", warm_iters)):
+        require(isinstance(v, int) and v >= 1, f"probes.{field}", f"got {v!r}", "use an integer >= 1")
+    require(isinstance(lr_max, (int, float)) and 0 < lr_max < float("inf"), "probes.lr_max",
+            f"got {lr_max!r}", "use a finite positive cap on the learning rate")
+
+    def init(params):
+        flat = ravel_pytree(params)[0]
+        return {"vector": jnp.zeros_like(flat), "lr": jnp.zeros((), flat.dtype)}
+
+    def measure(snap: Snapshot, state):
+        rho, v = curvature.spectral_norm(snap.loss_fn, snap.params, _key(snap, "step_size"),
+                                         iters if snap.first else warm_iters,
+                                         None if snap.first else state["vector"])
+        lr = jnp.minimum(lr_max, 2.0 * fraction / jnp.maximum(rho, 2.0 * fraction / lr_max))
+        ok = jnp.isfinite(rho) & jnp.all(jnp.isfinite(v))
+        state = {"vector": jnp.where(ok, v, state["vector"]), "lr": jnp.where(ok, lr, state["lr"])}
+        return {"lr": state["lr"], "hessian_norm": rho}, state
+
+    return Probe("step_size", measure, {"lr": (), "hessian_norm": ()}, init)
+
+
 def loss_change(snap: Snapshot) -> jax.Array:
     """The change of the training loss over the step the run is about to take: the
     optimizer's update u from the current state, L(theta + u) - L(theta). Full batch."""
@@ -240,6 +277,7 @@ BUILTIN = {
     "directional_curvature": directional_curvature,
     "preconditioned_directional_curvature": lambda: directional_curvature(preconditioned=True),
     "trace": trace,
+    "step_size": step_size,
 }
 
 

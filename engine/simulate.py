@@ -118,7 +118,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                init: Initializer | None = None, steps: int = 1000, every: int = 100,
                probes=("loss",), batch_size: int | None = None,
                diverge_above: float | None = None, converge_below: float | None = None,
-               derive: Callable[[dict], dict] | None = None) -> Simulation:
+               derive: Callable[[dict], dict] | None = None,
+               step_size: probes_module.Probe | None = None) -> Simulation:
     """Build the pure pieces of one training run (see the module docstring).
 
     model: `engine.models.Model`; data: `engine.data.Dataset`; loss: "mse",
@@ -126,7 +127,10 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     (default GD); init: `engine.init.Initializer` (default `scaled(model)`);
     batch_size: minibatch size (None = full batch); derive: `hparams -> dict` of
     extra or replaced hyperparameters computed inside the run from the swept ones
-    (e.g. a learning rate set from width and gamma).
+    (e.g. a learning rate set from width and gamma); step_size: a probe that keeps the
+    learning rate it chooses in its state under "lr" (`engine.probes.step_size()`): at
+    every record step it sets the optimizer's `lr` for the next `every` steps, and its
+    variables are recorded like any probe's.
     """
     require(isinstance(model, Model), "model", f"got {type(model).__name__}",
             "build one with engine.models.mlp(...) or engine.models.from_flax(...)")
@@ -153,6 +157,12 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         require(v is None or (isinstance(v, (int, float)) and v > 0), field, f"got {v!r}",
                 "use a positive number or None")
     probe_list = probes_module.resolve(probes)
+    if step_size is not None:
+        require(isinstance(step_size, probes_module.Probe) and step_size.init is not None, "step_size",
+                f"got {step_size!r}", "use engine.probes.step_size(...) or None")
+        require("lr" in optimizer.defaults, "step_size", f"optimizer '{optimizer.name}' has no 'lr'",
+                "use an optimizer with a learning rate, or step_size=None")
+        probe_list = probes_module.resolve(probe_list + (step_size,))
     classification = data.y.ndim == 2 and data.y.shape[1] > 1
     for p in probe_list:
         if "preconditioner" in p.needs and optimizer.name not in PRECONDITIONED:
@@ -188,6 +198,10 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     def resolve(hp):
         hp = {**{k: jnp.asarray(v, jnp.result_type(float)) for k, v in defaults.items()}, **hp}
         return {**hp, **derive(hp)} if derive is not None else hp
+
+    def current(hp, state: RunState):
+        """The hyperparameters of the next interval: the step-size probe's lr, if any."""
+        return hp if step_size is None else {**hp, "lr": state.probe_state[-1]["lr"]}
 
     def objective(params, x, y):
         return loss_fn_(model.apply(params, x), y)
@@ -246,11 +260,13 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
 
     def advance(state: RunState, hparams, data, intervals: int):
         hp = resolve(hparams)
-        opt = optimizer.build(hp)
+        opt_fixed = optimizer.build(hp)
 
         def interval(state, _):
-            state = jax.lax.fori_loop(0, every, lambda _, s: train_step(s, hp, data, opt), state)
-            values, probe_state = measure(state, hp, data, first=False)
+            hp_now = current(hp, state)
+            opt = optimizer.build(hp_now) if step_size is not None else opt_fixed
+            state = jax.lax.fori_loop(0, every, lambda _, s: train_step(s, hp_now, data, opt), state)
+            values, probe_state = measure(state, current(hp, state), data, first=False)
             return state._replace(probe_state=probe_state), values
 
         return jax.lax.scan(interval, state, length=intervals)
@@ -261,6 +277,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "optimizer": optimizer.name, "init": init.name, "steps": steps, "every": every,
         "probes": [p.name for p in probe_list], "batch_size": batch_size,
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
+        "step_size": None if step_size is None else step_size.name,
     }
     return Simulation(init_state, advance, data, steps, every, record_steps, defaults,
                       probe_list, coords, config, optimizer)

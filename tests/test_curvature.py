@@ -240,3 +240,45 @@ def test_top_k_probe_has_an_eigen_dimension():
     assert ds.sharpness.dims == ("seed", "lr", "step", "eigen")
     assert list(ds.eigen.values) == [0, 1, 2]
     assert (ds.sharpness.diff("eigen") <= 1e-4).all()  # descending
+
+
+def test_spectral_norm_sees_negative_curvature_and_matches_dense(x64):
+    """||H||_2 = max |lambda|: at the saddle of a small-initialized ReLU net the +-s pair
+    dominates; on the tanh problem the largest |lambda| may be either sign."""
+    model = models.mlp((1, 20, 1), "relu", output_bias=False)
+    d = data.luo_points()
+    params = init.antisymmetric(model, init.luo(model)).sample(jax.random.key(0), {"gamma": 2.0, "gamma_prime": 0.0})
+    saddle = lambda p: losses.mse(model.apply(p, d.x), d.y)
+    flat, unravel = ravel_pytree(params)
+    H_saddle = jax.hessian(lambda f: saddle(unravel(f)))(flat)
+    # the saddle's top |lambda| are a near-degenerate cluster (one pair per neuron): slow
+    for loss_fn, p, H, rtol in ((problem() + (1e-4,)), (saddle, params, H_saddle, 1e-2)):
+        ev = np.linalg.eigvalsh(np.asarray(H))
+        rho, v = curvature.spectral_norm(loss_fn, p, jax.random.key(1), iters=200)
+        assert rho <= np.abs(ev).max() * (1 + 1e-9)           # a lower bound ...
+        np.testing.assert_allclose(rho, np.abs(ev).max(), rtol=rtol)  # ... that converges
+        np.testing.assert_allclose(np.linalg.norm(v), 1.0, rtol=1e-9)
+    ev = np.linalg.eigvalsh(np.asarray(H_saddle))
+    assert -ev.min() > 0.9 * ev.max() > 0.1  # the saddle's negative curvature is as large as its positive
+    # warm-started from its own vector, 3 more products give the same answer
+    rho2, _ = curvature.spectral_norm(saddle, params, jax.random.key(2), iters=3, init=v)
+    np.testing.assert_allclose(rho2, rho, rtol=1e-3)
+
+
+def test_step_size_probe_sets_the_learning_rate_of_the_next_interval(x64):
+    """On a quadratic (linear model, MSE) H is constant: the probe's lr is
+    fraction * 2 / lambda_max and GD with that lr is what the run does."""
+    from engine import probes
+    model = models.mlp((3, 1), "linear")
+    x = jax.random.normal(jax.random.key(0), (16, 3))
+    d = data.Dataset(x, x @ jnp.array([[1.0], [-2.0], [0.5]]))
+    sim = simulate.simulation(model, d, "mse", optim.gd(lr=123.0), steps=20, every=5, probes=("loss",),
+                              step_size=probes.step_size(0.4, iters=100))
+    traj = sim.run(jax.random.key(1))
+    xa = np.concatenate([np.asarray(x), np.ones((16, 1))], axis=1)
+    lam = np.linalg.eigvalsh(xa.T @ xa / 16).max()
+    np.testing.assert_allclose(traj["hessian_norm"], lam, rtol=1e-6)
+    np.testing.assert_allclose(traj["lr"], 0.8 / lam, rtol=1e-6)
+    # the same run with that lr fixed
+    fixed = simulate.simulation(model, d, "mse", optim.gd(lr=float(0.8 / lam)), steps=20, every=5, probes=("loss",))
+    np.testing.assert_allclose(traj["loss"], fixed.run(jax.random.key(1))["loss"], rtol=1e-5)
