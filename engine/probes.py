@@ -18,6 +18,9 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     relative_change            ||theta_t - theta_0|| / ||theta_0||
     relative_change_layer      the same per layer, dims ("layer",)  (Luo et al. 2021:
                                RD(theta_w) of the input layer is layer "0")
+    neuron_weights             each unit's input weights with its bias appended, [neuron, fan_in]
+                               (`neuron_weights(layer)`; conv kernels flattened: one row per
+                               channel), for condensation (Zhou et al. 2021, 2023)
     sharpness (+ eigen_residual)          lambda_max(H), top-k with dims ("eigen",)
     preconditioned_sharpness (+ preconditioned_eigen_residual)   lambda_max(P^-1 H)
     directional_curvature                 g^T H g / g^T g, g the full gradient
@@ -245,6 +248,30 @@ def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_ma
     return Probe("step_size", measure, {"lr": (), "hessian_norm": ()}, init)
 
 
+def unit_weights(layer) -> jax.Array:
+    """Rows (w_k, b_k): the input weights of each output unit k of one layer, bias last.
+    MLP layers {"w": [fan_in, m], "b": [m]}; flax Dense/Conv {"kernel": [..., m], "bias": [m]}
+    (a conv kernel is flattened over its window and input channels). [m, fan_in (+1)]."""
+    w = layer["w"] if "w" in layer else layer["kernel"]
+    rows = w.reshape(-1, w.shape[-1]).T
+    b = layer.get("b", layer.get("bias"))
+    return rows if b is None else jnp.concatenate([rows, b[:, None]], axis=1)
+
+
+def neuron_weights(layer: str = "0") -> Probe:
+    """Each unit's input weights (w_k, b_k) in layer `layer` (a name from
+    `engine.models.layers`, "0" = the first): dims ("neuron", "fan_in"). Their cosine
+    similarities show condensation onto a few orientations (`engine.analysis`)."""
+    require(isinstance(layer, str), "probes.layer", f"got {layer!r}", 'use a layer name such as "0"')
+
+    def fn(snap):
+        named = dict(layers(snap.params))
+        require(layer in named, "probes.layer", f"no layer {layer!r}", f"use one of {', '.join(named)}")
+        return unit_weights(named[layer])
+
+    return scalar("neuron_weights", fn, dims=("neuron", "fan_in"))
+
+
 def loss_change(snap: Snapshot) -> jax.Array:
     """The change of the training loss over the step the run is about to take: the
     optimizer's update u from the current state, L(theta + u) - L(theta). Full batch."""
@@ -278,6 +305,7 @@ BUILTIN = {
     "preconditioned_directional_curvature": lambda: directional_curvature(preconditioned=True),
     "trace": trace,
     "step_size": step_size,
+    "neuron_weights": neuron_weights,
 }
 
 
