@@ -132,3 +132,30 @@ def cluster_order(w: np.ndarray) -> np.ndarray:
     _, _, vt = np.linalg.svd(unit, full_matrices=False)
     coords = unit @ vt[:2].T if vt.shape[0] >= 2 else np.c_[unit @ vt[0], np.zeros(len(unit))]
     return np.argsort(np.arctan2(coords[:, 1], coords[:, 0]))
+
+
+def condensation(w: xr.DataArray, top, neuron: str = "neuron", fan_in: str = "fan_in",
+                 cos_min: float = 0.95, share_min: float = 0.05) -> xr.Dataset:
+    """Orientation clusters of every weight matrix in `w` (dims ..., neuron, fan_in):
+    `clusters`, the number of clusters holding >= share_min of the neurons, and
+    `condensed_share`, the share of neurons in the `top` largest clusters (`top` an int
+    or a DataArray over some of the other dims, e.g. 2p per activation)."""
+    rest = [d for d in w.dims if d not in (neuron, fan_in)]
+    values = w.transpose(*rest, neuron, fan_in).values
+    tops = xr.DataArray(top).broadcast_like(w.isel({neuron: 0, fan_in: 0}, drop=True)).transpose(*rest).values
+    counts, shares = np.zeros(values.shape[:-2]), np.zeros(values.shape[:-2])
+    for idx in np.ndindex(*values.shape[:-2]):
+        sizes = orientation_clusters(values[idx], cos_min) / values.shape[-2]
+        counts[idx], shares[idx] = (sizes >= share_min).sum(), sizes[:int(tops[idx])].sum()
+    coords = {d: w[d] for d in rest if d in w.coords}
+    return xr.Dataset({"clusters": (rest, counts), "condensed_share": (rest, shares)}, coords=coords)
+
+
+def first_time(hit: xr.DataArray, dim: str = "step") -> xr.DataArray:
+    """The `dim` coordinate where `hit` is first True (NaN where it never is)."""
+    return hit[dim].broadcast_like(hit).isel({dim: hit.argmax(dim)}).drop_vars(dim).where(hit.any(dim))
+
+
+def at_first(da: xr.DataArray, hit: xr.DataArray, dim: str = "step") -> xr.DataArray:
+    """`da` at the first `dim` where `hit` is True (NaN where it never is)."""
+    return da.broadcast_like(hit).isel({dim: hit.argmax(dim)}).drop_vars(dim).where(hit.any(dim))

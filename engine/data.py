@@ -94,10 +94,11 @@ def standardized(x: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (x - mu) / np.where(sd > 0, sd, 1.0)
 
 
-def digits(n_train: int | None = None, standardize: bool = True) -> Dataset:
+def digits(n_train: int | None = None, standardize: bool = True, images: bool = False) -> Dataset:
     """scikit-learn's 8x8 digits (1797 images, 64 features, 10 classes), shipped with
     the package. Features standardized (per pixel, train statistics), one-hot targets;
-    the first `n_train` examples train, the rest test (all train if None)."""
+    the first `n_train` examples train, the rest test (all train if None). x: [n, 64],
+    or [n, 8, 8, 1] with `images=True` (for `engine.models.cnn`)."""
     with resources.files("engine.datasets").joinpath("digits.npz").open("rb") as f:
         raw = np.load(f)
         x, labels = raw["images"].astype(np.float32), raw["labels"]
@@ -107,6 +108,8 @@ def digits(n_train: int | None = None, standardize: bool = True) -> Dataset:
     if standardize:
         x = standardized(x, x[:n_train])
     y = one_hot(labels, 10)
+    if images:
+        x = x.reshape(-1, 8, 8, 1)
     rest = n_train < x.shape[0]
     return _as_dataset(x[:n_train], y[:n_train], x[n_train:] if rest else None,
                        y[n_train:] if rest else None)

@@ -15,7 +15,8 @@ def save(fig, path) -> str:
     return str(path)
 
 
-def _draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None = None, colors=None) -> None:
+def draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None = None, colors=None,
+               style: str = "o-") -> None:
     """One line per value of `hue`: the median over `over` with its min-max band."""
     colors = plt.cm.viridis(np.linspace(0, 0.9, da.sizes[hue])) if colors is None else colors
     for c, value in zip(colors, da[hue].values):
@@ -28,7 +29,7 @@ def _draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None =
         label = f"{hue} = {value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else f"{hue} = {value}"
         if notes and value in notes:
             label += f"  {notes[value]}"
-        ax.plot(mid[x].values, mid.values, "o-", color=c, ms=3, label=label)
+        ax.plot(mid[x].values, mid.values, style, color=c, ms=3, label=label)
 
 
 def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, logy=False,
@@ -38,7 +39,7 @@ def lines(da, x: str, hue: str, path, *, over: str | None = "seed", logx=False, 
     with its min-max band; `notes[value]` is appended to that line's label. Saves to
     `path`, returns it."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
-    _draw_lines(ax, da, x, hue, over, notes)
+    draw_lines(ax, da, x, hue, over, notes)
     ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear",
            xlabel=xlabel or x, ylabel=ylabel or da.name, title=title)
     ax.grid(alpha=0.3, which="both")
@@ -55,7 +56,7 @@ def lines_grid(da, x: str, hue: str, panel: str, path, *, over: str | None = "se
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.5), sharex=True, sharey=True,
                              constrained_layout=True, squeeze=False)
     for ax, value in zip(axes.flat, da[panel].values):
-        _draw_lines(ax, da.sel({panel: value}), x, hue, over)
+        draw_lines(ax, da.sel({panel: value}), x, hue, over)
         ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear", title=f"{panel} = {value:g}")
         ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[n:]:
@@ -144,6 +145,17 @@ def value_map(ax, da, x: str, y: str, label: str, curves: dict | None = None, fm
     _cell_limits(ax, da, x, y)
     if curves:
         ax.legend(fontsize=7, loc="upper left")
+
+
+def cosine_map(ax, w, title: str = "") -> None:
+    """Heat map of the cosine similarities of the rows of w [m, d] (neurons' input
+    weights), rows ordered so that similar orientations sit together: condensation shows
+    as a few +-1 blocks (Zhou et al. 2021)."""
+    from engine import analysis
+    order = analysis.cluster_order(w)
+    ax.imshow(analysis.cosine_similarity(w)[np.ix_(order, order)], cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
 
 
 def grouped_bars(ax, da, x: str, hue: str, ylabel: str) -> None:

@@ -258,18 +258,23 @@ def unit_weights(layer) -> jax.Array:
     return rows if b is None else jnp.concatenate([rows, b[:, None]], axis=1)
 
 
-def neuron_weights(layer: str = "0") -> Probe:
+def neuron_weights(layer: str = "0", name: str = "neuron_weights") -> Probe:
     """Each unit's input weights (w_k, b_k) in layer `layer` (a name from
-    `engine.models.layers`, "0" = the first): dims ("neuron", "fan_in"). Their cosine
-    similarities show condensation onto a few orientations (`engine.analysis`)."""
+    `engine.models.layers`, "0" = the first): variable `name` with dims ("neuron",
+    "fan_in"), or (f"{name}_neuron", f"{name}_fan_in") under another name, so several
+    layers can be recorded at once. Their cosine similarities show condensation onto a
+    few orientations (`engine.analysis`)."""
     require(isinstance(layer, str), "probes.layer", f"got {layer!r}", 'use a layer name such as "0"')
+    require(isinstance(name, str) and name.isidentifier(), "probes.name", f"got {name!r}",
+            "use a Python identifier such as 'kernels_1'")
+    dims = ("neuron", "fan_in") if name == "neuron_weights" else (f"{name}_neuron", f"{name}_fan_in")
 
     def fn(snap):
         named = dict(layers(snap.params))
         require(layer in named, "probes.layer", f"no layer {layer!r}", f"use one of {', '.join(named)}")
         return unit_weights(named[layer])
 
-    return scalar("neuron_weights", fn, dims=("neuron", "fan_in"))
+    return scalar(name, fn, dims=dims)
 
 
 def loss_change(snap: Snapshot) -> jax.Array:

@@ -68,25 +68,17 @@ def run_sweep(config: dict):
 def cluster_stats(ds, config: dict) -> xr.Dataset:
     """Per run and record: `clusters` (orientation clusters holding >= share_min of the
     neurons) and `condensed_share` (share of neurons in the 2p largest clusters)."""
-    w = ds.neuron_weights.transpose("activation", "gamma", "seed", "step", "neuron", "fan_in").values
-    counts, shares = np.zeros(w.shape[:4]), np.zeros(w.shape[:4])
-    for idx in np.ndindex(*w.shape[:4]):
-        sizes = analysis.orientation_clusters(w[idx], config["cos_min"]) / w.shape[-2]
-        p = MULTIPLICITY[str(ds.activation.values[idx[0]])]
-        counts[idx], shares[idx] = (sizes >= config["share_min"]).sum(), sizes[:2 * p].sum()
-    dims = ("activation", "gamma", "seed", "step")
-    coords = {d: ds[d] for d in dims}
-    return xr.Dataset({"clusters": (dims, counts), "condensed_share": (dims, shares)}, coords=coords)
+    top = xr.DataArray([2 * MULTIPLICITY[str(a)] for a in ds.activation.values], coords={"activation": ds.activation})
+    return analysis.condensation(ds.neuron_weights, top, cos_min=config["cos_min"], share_min=config["share_min"])
 
 
 def condensation_time(stats: xr.Dataset, ds, threshold: float) -> xr.Dataset:
     """First record step with condensed_share >= threshold (NaN if never), and the loss
-    then as a fraction of the initial loss: [activation, gamma, seed]."""
+    then as a fraction of the initial loss, and the cluster count: [activation, gamma, seed]."""
     hit = stats.condensed_share >= threshold
-    first, ever = hit.argmax("step"), hit.any("step")
-    at = lambda da: da.isel(step=first).drop_vars("step").where(ever)
-    return xr.Dataset({"time": at(ds.step.broadcast_like(hit)), "loss_fraction": at(ds.loss / ds.loss.isel(step=0)),
-                       "clusters": at(stats.clusters)})
+    return xr.Dataset({"time": analysis.first_time(hit),
+                       "loss_fraction": analysis.at_first(ds.loss / ds.loss.isel(step=0), hit),
+                       "clusters": analysis.at_first(stats.clusters, hit)})
 
 
 def summarize(ds, config: dict) -> dict:
@@ -125,17 +117,13 @@ def figures(ds, config: dict, out_dir) -> list[str]:
     for j, a in enumerate(acts):
         step = t.time.sel(activation=a, gamma=g, seed=0)
         at = int(step) if np.isfinite(step) else int(ds.step[-1])
-        w = ds.neuron_weights.sel(activation=a, gamma=g, seed=0, step=at).values
-        cos = analysis.cosine_similarity(w)[np.ix_(*[analysis.cluster_order(w)] * 2)]
-        axes[0, j].imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1)
         n = int(stats.clusters.sel(activation=a, gamma=g, seed=0, step=at))
-        axes[0, j].set_title(f"{a} (p = {MULTIPLICITY[a]}), step {at}\n{n} orientation clusters", fontsize=9)
-        axes[0, j].set_xticks([]), axes[0, j].set_yticks([])
-        share = stats.condensed_share.sel(activation=a).median("seed")
-        for gv, c in zip(ds.gamma.values, plt.cm.viridis(np.linspace(0, 0.9, ds.sizes["gamma"]))):
-            axes[1, j].plot(ds.step, share.sel(gamma=gv), color=c, lw=1.2, label=f"gamma = {gv:g}")
+        plot.cosine_map(axes[0, j], ds.neuron_weights.sel(activation=a, gamma=g, seed=0, step=at).values,
+                        f"{a} (p = {MULTIPLICITY[a]}), step {at}\n{n} orientation clusters")
+        plot.draw_lines(axes[1, j], stats.condensed_share.sel(activation=a).isel(step=slice(1, None)), "step", "gamma",
+                        over="seed", style="-")
         axes[1, j].axhline(config["condensed"], color="k", ls="--", lw=0.8)
-        axes[1, j].set(xscale="log", xlabel="step", ylim=(0, 1.02), xlim=(config["every"], None))
+        axes[1, j].set(xscale="log", xlabel="step", ylim=(0, 1.02))
     axes[1, 0].set_ylabel("share of neurons in the 2p largest clusters")
     axes[1, -1].legend(fontsize=7)
     fig.suptitle(f"Initial condensation (Zhou et al. 2021): cosine similarity of (w_k, b_k) at condensation, "
