@@ -20,6 +20,13 @@ def log_log_slope(da: xr.DataArray, dim: str) -> xr.DataArray:
     return xr.apply_ufunc(slope, da, input_core_dims=[[dim]], vectorize=True)
 
 
+def regime_of_slope(s_w: xr.DataArray, band: float) -> xr.DataArray:
+    """Regime from the width slope S of a relative change (Luo et al. 2021): "linear"
+    (S < -band, the weights move less the wider the net), "condensed" (S > band), else
+    "critical"."""
+    return xr.where(s_w < -band, "linear", xr.where(s_w > band, "condensed", "critical"))
+
+
 def longest_run(mask: np.ndarray) -> tuple[int, int]:
     """(start, stop) of the longest stretch of True in a 1-D boolean array ((0, 0) if none)."""
     best, cur, span = 0, 0, (0, 0)

@@ -5,7 +5,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
+
+from engine.errors import require  # noqa: E402
 
 
 def save(fig, path) -> str:
@@ -58,6 +61,9 @@ def lines_grid(da, x: str, hue: str, panel: str, path, *, over: str | None = "se
     for ax, value in zip(axes.flat, da[panel].values):
         draw_lines(ax, da.sel({panel: value}), x, hue, over)
         ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear", title=f"{panel} = {value:g}")
+        if logx:  # label the measured x values, not every minor tick
+            ax.set_xticks(da[x].values, [f"{v:g}" for v in da[x].values])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -101,13 +107,15 @@ def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | Non
     return save(fig, path)
 
 
-REGIME_COLORS = ("#4c9f70", "#e0a030", "#c04040", "#4a6fb5", "#8c6bb1")
+REGIME_COLORS = ("#4c9f70", "#e0a030", "#c04040", "#4a6fb5", "#8c6bb1", "#7f7f7f", "#17becf", "#bcbd22", "#e377c2")
 
 
 def regime_map(ax, labels, regimes: tuple, x: str, y: str, curves: dict | None = None) -> None:
     """Colour the (x, y) plane of `labels` (a DataArray of regime names with dims y, x)
     by regime, draw `curves` ({legend: (xs, ys, style)}, e.g. theoretical boundaries)
     on top, and add a legend entry per regime."""
+    require(len(regimes) <= len(REGIME_COLORS), "regimes", f"{len(regimes)} regimes to colour",
+            f"group them into at most {len(REGIME_COLORS)}")
     cmap = matplotlib.colors.ListedColormap(REGIME_COLORS[:len(regimes)])
     codes = np.vectorize(regimes.index)(labels.transpose(y, x).values)
     ax.pcolormesh(labels[x].values, labels[y].values, codes, cmap=cmap, vmin=-0.5, vmax=len(regimes) - 0.5,

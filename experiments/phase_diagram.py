@@ -98,10 +98,6 @@ def plane(ds, fn) -> xr.DataArray:
                         coords={"gamma": ds.gamma, "gamma_prime": ds.gamma_prime}, dims=("gamma", "gamma_prime"))
 
 
-def measured_regime(s_w: xr.DataArray, band: float) -> xr.DataArray:
-    return xr.where(s_w < -band, "linear", xr.where(s_w > band, "condensed", "critical"))
-
-
 def crossings(s_w: xr.DataArray, theory: xr.DataArray) -> list[bool]:
     """For each boundary point of the grid: is |S_w| there below |S_w| at every
     off-boundary grid neighbour, with neighbours of both signs (S_w changes sign
@@ -122,7 +118,7 @@ def summarize(ds, config: dict) -> dict:
     on = theory == "critical"
     away = ~on & (distance >= config["away"])
     sign_ok = xr.where(theory == "linear", s_w < 0, s_w > 0)
-    agree3 = measured_regime(s_w, config["critical_band"]) == theory
+    agree3 = analysis.regime_of_slope(s_w, config["critical_band"]) == theory
     crossed = crossings(s_w, theory)
     return {
         "slope_S_w": {f"{g:g}": {f"{gp:g}": round(float(s_w.sel(gamma=g, gamma_prime=gp)), 3)
@@ -155,7 +151,7 @@ def figures(ds, config: dict, out_dir) -> list[str]:
     s_w = slopes(ds)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
     plot.value_map(axes[0], s_w, "gamma", "gamma_prime", "S_w (slope of log RD vs log m)", boundary_curves(ds))
-    plot.regime_map(axes[1], measured_regime(s_w, config["critical_band"]), REGIMES, "gamma", "gamma_prime",
+    plot.regime_map(axes[1], analysis.regime_of_slope(s_w, config["critical_band"]), REGIMES, "gamma", "gamma_prime",
                     boundary_curves(ds))
     axes[0].set_title(f"S_w over widths {config['widths']}, {ds.sizes['seed']} seeds")
     axes[1].set_title(f"measured regime (|S_w| < {config['critical_band']}: critical) vs theory")
