@@ -2,13 +2,17 @@
 
     python -m experiments.<name> [--preset quick|paper] [--out DIR] [--seeds N]
                                  [--set key=value ...] [--x64] [--no-progress]
+    python -m experiments.<name> --resume DIR
 
 An experiment module defines `NAME`, `PRESETS` ({"quick": {...}, "paper": {...}}: the
 full config as plain data), `run_sweep(config) -> xarray.Dataset`,
 `summarize(ds, config) -> dict` (the numbers the experiment exists for and each claim's
 verdict under "claims") and `figures(ds, config, out_dir) -> [paths]`. `run` resolves
 the config, runs the sweep, and writes into DIR: results.nc, config.json,
-summary.json and the figures, which are drawn from the saved results.
+summary.json and the figures, which are drawn from the saved results. While the sweep
+runs it checkpoints into DIR/checkpoint after every segment (`engine.checkpoint`);
+`--resume DIR` continues a sweep that was killed, with the config saved in
+DIR/config.json, and gives the results an uninterrupted run would have given.
 """
 from __future__ import annotations
 
@@ -75,15 +79,21 @@ def _jsonable(x):
     return str(x)
 
 
-def run(module, config: dict, out_dir, progress: bool | None = None) -> dict:
+def run(module, config: dict, out_dir, progress: bool | None = None, resume: bool = False) -> dict:
     """Run `module` with `config` and write the contract's files into `out_dir`;
-    returns the summary."""
+    returns the summary. resume: continue from the checkpoint in `out_dir/checkpoint`
+    (otherwise a stale one there is discarded)."""
+    import shutil
+
     import jax
-    from engine import sweep
+    from engine import checkpoint, sweep
 
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    saved = out / "checkpoint"
+    if not resume:
+        shutil.rmtree(saved, ignore_errors=True)
     device = jax.devices()[0]
     _write_json(out / "config.json", {"experiment": module.NAME, "config": config,
                                       "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
@@ -91,7 +101,8 @@ def run(module, config: dict, out_dir, progress: bool | None = None) -> dict:
                                       "device_count": jax.device_count()})
     t0 = time.perf_counter()
     try:
-        ds = module.run_sweep({**config, "progress": progress})
+        with checkpoint.checkpointing(saved):
+            ds = module.run_sweep({**config, "progress": progress})
     except ConfigError:
         if created:  # a config that never ran leaves no output folder behind
             (out / "config.json").unlink(missing_ok=True)
@@ -99,10 +110,34 @@ def run(module, config: dict, out_dir, progress: bool | None = None) -> dict:
         raise
     elapsed = time.perf_counter() - t0
     sweep.save(ds, out / "results.nc")
+    shutil.rmtree(saved, ignore_errors=True)  # the results are safe: the checkpoint is spent
     ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file
     summary = {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config)}
     _write_json(out / "summary.json", summary)
     summary["figures"] = [str(p) for p in module.figures(ds, config, out)]
+    return summary
+
+
+def _resume(module, args) -> dict:
+    """--resume DIR: the config, float width and experiment saved in DIR/config.json."""
+    out = Path(args.resume)
+    if args.set or args.seeds is not None or args.x64 or args.out not in (None, args.resume):
+        raise ConfigError("--resume", "a resumed run takes its config from DIR/config.json",
+                          "drop --set, --seeds, --x64 and --out")
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError("--resume", f"no readable config.json in {out}",
+                          "give the --out folder of the run to continue") from None
+    if saved.get("experiment") != module.NAME:
+        raise ConfigError("--resume", f"{out} holds a run of {saved.get('experiment')!r}, not {module.NAME!r}",
+                          f"use python -m experiments.{saved.get('experiment')} --resume {out}")
+    if saved.get("x64"):
+        import jax
+        jax.config.update("jax_enable_x64", True)
+    config = {k: v for k, v in saved["config"].items() if k != "progress"}
+    summary = run(module, config, out, progress=False if args.no_progress else None, resume=True)
+    print(json.dumps(summary, indent=2, default=_jsonable))
     return summary
 
 
@@ -117,8 +152,12 @@ def main(module, argv=None) -> dict:
                    help="override a preset value, e.g. --set steps=500 (repeatable)")
     p.add_argument("--x64", action="store_true", help="compute in float64")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the killed run in DIR with the config saved there")
     args = p.parse_args(argv)
     try:
+        if args.resume is not None:
+            return _resume(module, args)
         if args.preset not in module.PRESETS:
             raise ConfigError("--preset", f"unknown preset {args.preset!r}",
                               f"use one of {', '.join(module.PRESETS)}")

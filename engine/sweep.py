@@ -13,7 +13,10 @@ flattened to one run axis r = seed_index * n_grid + grid_index, which is
 - chunked: at most `chunk` runs are in memory at once (picked from a memory estimate
   unless given); the last chunk is padded with copies, which are dropped;
 - sharded over the local devices (`jax.shard_map` on a 1-D mesh named "runs");
-- advanced in segments of record intervals, one progress-bar tick per segment.
+- advanced in segments of record intervals, one progress-bar tick per segment;
+- checkpointed after every segment when given `checkpoint=DIR` (or run inside
+  `engine.checkpoint.checkpointing(DIR)`): a killed sweep rerun with the same arguments
+  resumes from its last segment and returns the same results bit for bit.
 
 Static axes (`static`: name -> values, e.g. width, depth, activation) change shapes, so
 `build(**values) -> Simulation` is called and compiled once per combination and the
@@ -36,6 +39,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -43,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from engine import checkpoint as checkpoint_module
 from engine.errors import ConfigError, require
 from engine.simulate import FLAGS, Simulation
 
@@ -196,7 +201,7 @@ def _segment_length(intervals: int, segment: int | None) -> int:
 def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = None, *,
           chunk: int | None = None, memory_budget_mb: float | None = None,
           strategy: str = "auto", map_batch: int | None = None, segment: int | None = None,
-          devices=None, base_seed: int = 0, progress: bool | None = None) -> xr.Dataset:
+          devices=None, base_seed: int = 0, progress: bool | None = None, checkpoint=None) -> xr.Dataset:
     """Run every (seed x grid) combination; see the module docstring.
 
     simulation: a `Simulation`, or with `static` a builder `build(**static) -> Simulation`;
@@ -204,7 +209,8 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
     static: {name: [values]} of axes that change shapes; chunk: runs in memory at once;
     memory_budget_mb: the budget `chunk` is chosen for; strategy: "auto", "vmap" or
     "map" (`map_batch` runs at a time); segment: record intervals per compiled call;
-    devices: the devices the run axis is sharded over (default all local ones).
+    devices: the devices the run axis is sharded over (default all local ones);
+    checkpoint: a folder to checkpoint into and resume from (`engine.checkpoint`).
     """
     grid = _check_grid({} if grid is None else grid)
     static = {} if static is None else static
@@ -238,13 +244,22 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
     plans = [_plan(sim, len(seeds) * _size(grid), chunk, budget, devices, strategy, map_batch, segment)
              for sim in sims]
 
+    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_module.next_directory()
+    if ckpt is not None:
+        keys = ("chunk", "n_chunks", "segment", "n_segments", "strategy", "map_batch")
+        checkpoint_module.claim(ckpt, checkpoint_module.fingerprint({
+            "sims": [s.config for s in sims], "static": [repr(c) for c in combos], "grid": grid, "seeds": seeds,
+            "base_seed": base_seed, "plans": [{k: p[k] for k in keys} for p in plans], "devices": len(devices),
+            "x64": bool(jax.config.jax_enable_x64)}))
+
     show = sys.stderr.isatty() if progress is None else progress
     total = sum(p["n_chunks"] * p["n_segments"] for p in plans)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, disable=not show, desc="sweep", unit="segment")
     parts = []
-    for c, sim, plan in zip(combos, sims, plans):
-        records, flags = _run_all(sim, grid, seeds, base_seed, plan, devices, bar)
+    for i, (c, sim, plan) in enumerate(zip(combos, sims, plans)):
+        part = None if ckpt is None else ckpt / f"part-{i}"
+        records, flags = _run_all(sim, grid, seeds, base_seed, plan, devices, bar, part)
         ds = _dataset(sim, grid, seeds, records, flags)
         parts.append(ds.expand_dims({k: [v] for k, v in c.items()}) if c else ds)
     bar.close()
@@ -305,9 +320,11 @@ def _footprint_mb(compiled) -> float | None:
         return None
 
 
-def _run_all(sim, grid, seeds, base_seed, plan, devices, bar):
+def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, ckpt: Path | None = None):
     """Every chunk of runs, segment by segment. Compiles once (ahead of time, so the
-    compile and run times can be reported in `plan["seconds"]`)."""
+    compile and run times can be reported in `plan["seconds"]`). With `ckpt`, each
+    segment's records and the state after it are saved there, and what is saved is
+    picked up again (`engine.checkpoint`)."""
     keys, hp, n_runs = _run_table(grid, seeds, base_seed)
     dtype = jnp.result_type(float)
     chunk, k = plan["chunk"], plan["segment"]
@@ -315,13 +332,22 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar):
     init = jax.jit(_sharded(_batched(sim.init, strategy, map_batch), devices))
     advance = jax.jit(_sharded(_batched(lambda s, h, d: sim.advance(s, h, d, k),
                                         strategy, map_batch), devices))
-    records, flags, compiled = [], [], None
+    records, flags, compiled, init_c = [], [], None, None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
     t_compile, t0 = 0.0, time.perf_counter()
-    for start in range(0, n_runs, chunk):
+    for ci, start in enumerate(range(0, n_runs, chunk)):
+        files = _chunk_files(ckpt, ci)
+        if files and files["done"].exists():
+            saved = checkpoint_module.load_arrays(files["done"])
+            records.append({n[4:]: v for n, v in saved.items() if n.startswith("rec_")})
+            flags.append({f: saved[f"flag_{f}"] for f in FLAGS})
+            bar.update(plan["n_segments"])
+            continue
         idx = np.minimum(np.arange(start, start + chunk), n_runs - 1)  # pad with copies
         keep = min(chunk, n_runs - start)
         hp_c = {name: jnp.asarray(v[idx], dtype) for name, v in hp.items()}
-        if compiled is None:
+        if init_c is None:
             tc = time.perf_counter()
             init_c = init.lower(keys[idx], hp_c, sim.data).compile()
             t_compile += time.perf_counter() - tc
@@ -331,17 +357,38 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar):
             compiled = advance.lower(state, hp_c, sim.data).compile()
             t_compile += time.perf_counter() - tc
             plan["compiled_memory_mb"] = _footprint_mb(compiled)
-        segs = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)]
-        for _ in range(plan["n_segments"]):
+        segs, first = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)], 0
+        if files and files["state"].exists():
+            state, extra = checkpoint_module.load_state(files["state"], state)
+            first = int(extra["segment"])
+            segs += [checkpoint_module.load_arrays(files["seg"](j)) for j in range(first)]
+            bar.update(first)
+        for j in range(first, plan["n_segments"]):
             state, rec = compiled(state, hp_c, sim.data)
             segs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], rec))
+            if files:  # the segment's records first: a state file always has all of its
+                checkpoint_module.save_arrays(files["seg"](j), segs[-1])
+                checkpoint_module.save_state(files["state"], state, {"segment": np.int64(j + 1)})
             bar.update(1)
         records.append({name: np.concatenate([s[name] for s in segs], axis=1) for name in rec0})
         flags.append({f: np.asarray(getattr(state, f))[:keep] for f in FLAGS})
+        if files:
+            checkpoint_module.save_arrays(files["done"], {**{f"rec_{n}": v for n, v in records[-1].items()},
+                                                          **{f"flag_{f}": v for f, v in flags[-1].items()}})
+            for j in range(plan["n_segments"]):
+                files["seg"](j).unlink(missing_ok=True)
+            files["state"].unlink(missing_ok=True)
     plan["seconds"] = {"compile": round(t_compile, 4),
                        "run": round(time.perf_counter() - t0 - t_compile, 4)}
     join = lambda parts: {n: np.concatenate([p[n] for p in parts], axis=0) for n in parts[0]}
     return join(records), join(flags)
+
+
+def _chunk_files(ckpt: Path | None, ci: int) -> dict | None:
+    if ckpt is None:
+        return None
+    return {"done": ckpt / f"chunk-{ci}.done.npz", "state": ckpt / f"chunk-{ci}.state.npz",
+            "seg": lambda j: ckpt / f"chunk-{ci}.seg-{j}.npz"}
 
 
 def _dataset(sim, grid, seeds, records, flags) -> xr.Dataset:

@@ -1,0 +1,111 @@
+"""Checkpoints of a sweep between segments, so a killed sweep resumes where it stopped.
+
+A sweep run under `checkpointing(directory)` (or given `checkpoint=directory`) writes,
+for every chunk of runs it is advancing, the run state after each segment
+(`<part>/chunk-<i>.state.npz`: params, optimizer and probe states, eigenvector warm
+starts, keys, flags, the next segment index) and that segment's records
+(`chunk-<i>.seg-<j>.npz`); a finished chunk becomes one `chunk-<i>.done.npz`. Every file
+is written to a temporary name and renamed, so a crash leaves either the old file or the
+new one, never half of one. On a rerun the same sweep loads what is there and goes on:
+the compiled segment is the same function of the same state, so the results equal an
+uninterrupted sweep's bit for bit. `meta.json` holds a fingerprint of the sweep
+(simulation config, grid, seeds, chunking); a checkpoint of a different sweep is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import ConfigError
+
+_ACTIVE: list = []  # the directory of the enclosing `checkpointing` block and a sweep counter
+
+
+@contextlib.contextmanager
+def checkpointing(directory):
+    """Every `engine.sweep.sweep` call inside the block checkpoints into
+    `directory/sweep-<n>` (n counts the calls, so a resumed experiment that runs several
+    sweeps in the same order finds each one's checkpoint)."""
+    _ACTIVE.append([Path(directory), 0])
+    try:
+        yield Path(directory)
+    finally:
+        _ACTIVE.pop()
+
+
+def next_directory() -> Path | None:
+    """The checkpoint folder for the next sweep inside `checkpointing`, or None."""
+    if not _ACTIVE:
+        return None
+    entry = _ACTIVE[-1]
+    entry[1] += 1
+    return entry[0] / f"sweep-{entry[1] - 1}"
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim(directory: Path, print_: str) -> None:
+    """Create `directory` for the sweep with fingerprint `print_`, or check that the
+    checkpoint already there is of the same sweep."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = directory / "meta.json"
+    if meta.exists():
+        old = json.loads(meta.read_text()).get("fingerprint")
+        if old != print_:
+            raise ConfigError("checkpoint", f"{directory} holds a checkpoint of a different sweep",
+                              "resume with the same config, or delete that folder to start over")
+    else:
+        _atomic(meta, lambda f: f.write(json.dumps({"fingerprint": print_}).encode()))
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def save_arrays(path: Path, arrays: dict) -> None:
+    """{name: array} to an .npz, atomically."""
+    _atomic(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def load_arrays(path: Path) -> dict:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def save_state(path: Path, state, extra: dict) -> None:
+    """The leaves of a pytree (PRNG keys as their raw data) plus `extra` arrays."""
+    leaves = jax.tree.leaves(state)
+    arrays = {f"leaf_{i}": np.asarray(jax.random.key_data(x) if _is_key(x) else x) for i, x in enumerate(leaves)}
+    save_arrays(path, {**arrays, **{f"extra_{k}": v for k, v in extra.items()}})
+
+
+def load_state(path: Path, like):
+    """(state, extra): the saved leaves put back in the structure and on the devices
+    (shardings) of `like`, a freshly initialized state of the same sweep."""
+    arrays = load_arrays(path)
+    leaves, treedef = jax.tree.flatten(like)
+    out = []
+    for i, ref in enumerate(leaves):
+        x = arrays[f"leaf_{i}"]
+        x = jax.random.wrap_key_data(jnp.asarray(x), impl=jax.random.key_impl(ref)) if _is_key(ref) else x
+        out.append(jax.device_put(x, ref.sharding))
+    extra = {k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")}
+    return jax.tree.unflatten(treedef, out), extra

@@ -1,0 +1,91 @@
+"""Checkpoint and resume: a sweep killed mid-run and rerun gives the uninterrupted results."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from engine import checkpoint, data, experiment, init, models, optim, probes, simulate, sweep
+from engine.errors import ConfigError
+
+SCRIPT = """
+import sys
+from engine import data, init, models, optim, probes, simulate, sweep
+model = models.mlp((1, 32, 32, 1), "tanh")
+sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(), init.scaled(model), steps=2000,
+                          every=25, probes=("loss", probes.sharpness(iters=10, warm_iters=5)))
+ds = sweep.sweep(sim, grid={"lr": [0.05, 0.1]}, seeds=4, chunk=4, segment=2, checkpoint=sys.argv[1])
+sweep.save(ds, sys.argv[2])
+"""
+
+
+def _assert_identical(a: xr.Dataset, b: xr.Dataset):
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_a_sigkilled_sweep_resumes_to_identical_results(tmp_path):
+    script = tmp_path / "sweep_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = lambda ckpt, out: [sys.executable, str(script), str(tmp_path / ckpt), str(tmp_path / out)]
+    proc = subprocess.Popen(run("ckpt", "resumed.nc"), env=env, stderr=subprocess.PIPE)
+    part = tmp_path / "ckpt" / "part-0"
+    deadline = time.time() + 300
+    # kill it once the first chunk is done and the second is part-way
+    while not ((part / "chunk-0.done.npz").exists() and (part / "chunk-1.state.npz").exists()):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "resumed.nc").exists()
+    saved = checkpoint.load_arrays(part / "chunk-1.state.npz")
+    assert 0 < int(saved["extra_segment"]) < 40  # stopped mid-chunk
+    for args in (run("ckpt", "resumed.nc"), run("fresh", "uninterrupted.nc")):
+        out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    _assert_identical(sweep.load(tmp_path / "resumed.nc"), sweep.load(tmp_path / "uninterrupted.nc"))
+
+
+def test_interrupted_in_process_resume_equals_one_go(tmp_path, monkeypatch, tiny_sim):
+    sim = tiny_sim(steps=80, every=10, probes=("loss", "relative_change_layer", "sharpness"))
+    kw = dict(grid={"lr": [0.05, 0.2]}, seeds=3, chunk=2, segment=2)
+    whole = sweep.sweep(sim, **kw)
+    calls, save_state = [], checkpoint.save_state
+
+    def crash_on_the_seventh(*a, **k):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        save_state(*a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_state", crash_on_the_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.sweep(sim, **kw, checkpoint=tmp_path / "c")
+    monkeypatch.setattr(checkpoint, "save_state", save_state)
+    _assert_identical(sweep.sweep(sim, **kw, checkpoint=tmp_path / "c"), whole)
+    # a checkpoint of another sweep is refused, naming the fix
+    with pytest.raises(ConfigError, match="different sweep"):
+        sweep.sweep(sim, grid={"lr": [0.05, 0.3]}, seeds=3, chunk=2, segment=2, checkpoint=tmp_path / "c")
+
+
+def test_experiment_resume_flag(tmp_path, monkeypatch):
+    from experiments import frequency_principle as fp
+    out = tmp_path / "run"
+    config = {**fp.PRESETS["quick"], "seeds": 1, "steps": 200, "every": 20}
+    experiment.run(fp, config, out, progress=False)
+    assert not (out / "checkpoint").exists()  # spent once results.nc is written
+    first = sweep.load(out / "results.nc")
+    summary = experiment.main(fp, ["--resume", str(out), "--no-progress"])
+    assert summary["experiment"] == fp.NAME
+    _assert_identical(sweep.load(out / "results.nc"), first)
+    for argv, field in ((["--resume", str(tmp_path / "nowhere")], "config.json"),
+                        (["--resume", str(out), "--set", "steps=5"], "drop --set")):
+        with pytest.raises(SystemExit):
+            experiment.main(fp, argv)
