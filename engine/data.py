@@ -133,6 +133,10 @@ def from_npz(path, n: int | None = None, n_test: int | None = None, classes: int
         require(k in raw, "path", f"{path!r} has no array {k!r} (it has {sorted(raw)})",
                 "save it with numpy.savez(path, x_train=..., y_train=...)")
     x, y = raw["x_train"], raw["y_train"]
+    for k, a in raw.items():
+        require(a.dtype.kind in "biuf", k, f"holds {a.dtype} values", "store numbers (float or integer labels)")
+        require(a.ndim >= 1 and a.shape[0] >= 1, k, f"has shape {a.shape}", "give at least one example")
+        require(bool(np.isfinite(a).all()), k, "holds NaN or infinite values", "clean or drop those examples")
     require(x.shape[0] == y.shape[0], "y_train",
             f"{y.shape[0]} targets for {x.shape[0]} inputs", "give one target per input")
     xt, yt = raw.get("x_test"), raw.get("y_test")

@@ -1,5 +1,6 @@
 """Bad configs fail before anything is compiled, with a message naming the field and the fix."""
 import contextlib
+import os
 
 import jax
 import jax.monitoring
@@ -26,6 +27,15 @@ def two_layer(width=8, **kw):
     model = models.mlp((1, width, 1), "relu")
     return simulate.simulation(model, data.luo_points(), "mse", kw.pop("optimizer", optim.gd()),
                                init.luo(model), steps=kw.pop("steps", 20), every=kw.pop("every", 10), **kw)
+
+
+def _npz_file(raw: bytes | None = None, **arrays) -> str:
+    """A throwaway .npz (or a file of `raw` bytes) for the bad-data cases."""
+    import tempfile
+    fd, path = tempfile.mkstemp(suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw) if raw is not None else np.savez(f, **arrays)
+    return path
 
 
 CASES = {
@@ -66,6 +76,19 @@ CASES = {
     "--set wrong type": ("--set steps", lambda: experiment.parse_set(["steps=many"], {"steps": 100})),
     "--set scalar for list": ("--set widths", lambda: experiment.parse_set(["widths=5"], {"widths": [1, 2]})),
     "missing npz": ("path", lambda: data.from_npz("no/such/file.npz")),
+    "unreadable npz": ("path", lambda: data.from_npz(_npz_file(b"not a zip"))),
+    "npz without x_train": ("path", lambda: data.from_npz(_npz_file(x=np.zeros((4, 3)), y=np.zeros(4)))),
+    "npz targets for other inputs": ("y_train", lambda: data.from_npz(_npz_file(x_train=np.zeros((4, 3)),
+                                                                                y_train=np.zeros(3)))),
+    "npz of strings": ("x_train", lambda: data.from_npz(_npz_file(x_train=np.array(["a", "b"]),
+                                                                  y_train=np.array([0, 1])))),
+    "npz with NaN": ("x_train", lambda: data.from_npz(_npz_file(x_train=np.full((2, 3), np.nan),
+                                                                y_train=np.array([0, 1])))),
+    "empty npz arrays": ("x_train", lambda: data.from_npz(_npz_file(x_train=np.zeros((0, 3)),
+                                                                    y_train=np.zeros(0)))),
+    "step size fraction above 1": ("probes.fraction", lambda: probes.step_size(fraction=2.0)),
+    "step size with a probe that is no step size": ("step_size", lambda: two_layer(step_size="sharpness")),
+    "neuron weights of a bad layer name": ("probes.name", lambda: probes.neuron_weights("0", name="two words")),
     "preconditioned probe with plain GD": ("probes", lambda: two_layer(probes=("preconditioned_sharpness",))),
     "preconditioned curvature with momentum": ("probes", lambda: two_layer(
         optimizer=optim.momentum(), probes=("preconditioned_directional_curvature",))),

@@ -43,6 +43,18 @@ def test_chunk_size_7_equals_one_chunk_and_map_equals_vmap(tiny_sim):
         xr.testing.assert_allclose(one, other, rtol=1e-6)
 
 
+def test_a_memory_budget_too_small_for_all_runs_splits_them_into_chunks(tiny_sim):
+    """The chunk size is chosen from the per-run estimate before compiling; a budget
+    for ~5 runs turns 20 runs into several chunks with the same results."""
+    sim = tiny_sim()
+    per_run_mb = sweep.bytes_per_run(sim) / 2**20
+    one = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4)
+    budgeted = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4, memory_budget_mb=5.5 * per_run_mb)
+    plan = json.loads(budgeted.attrs["config"])["plans"][0]
+    assert plan["chunk"] <= 6 and plan["n_chunks"] >= 4
+    xr.testing.assert_allclose(one.drop_attrs(), budgeted.drop_attrs(), rtol=1e-6)
+
+
 def test_diverging_runs_are_flagged_and_do_not_touch_their_neighbours(tiny_sim):
     sim = tiny_sim(steps=200, every=20)
     stable = sweep.sweep(sim, grid={"lr": [0.05, 0.2]}, seeds=3)
