@@ -282,3 +282,13 @@ def test_step_size_probe_sets_the_learning_rate_of_the_next_interval(x64):
     # the same run with that lr fixed
     fixed = simulate.simulation(model, d, "mse", optim.gd(lr=float(0.8 / lam)), steps=20, every=5, probes=("loss",))
     np.testing.assert_allclose(traj["loss"], fixed.run(jax.random.key(1))["loss"], rtol=1e-5)
+
+
+def test_an_unconverged_eigen_solve_says_so_through_its_residual(x64):
+    """Too few Lanczos products give a wrong eigenvalue -- and a residual that shows it."""
+    loss_fn, params, H = problem()
+    top = np.linalg.eigvalsh(np.asarray(H))[-1]
+    short = curvature.top_eigenvalues(loss_fn, params, jax.random.key(1), k=1, iters=3)
+    full = curvature.top_eigenvalues(loss_fn, params, jax.random.key(1), k=1, iters=40)
+    assert abs(short.values[0] - top) / top > 1e-3 and short.residuals[0] > 1e-2
+    assert abs(full.values[0] - top) / top < 1e-8 and full.residuals[0] < 1e-5
