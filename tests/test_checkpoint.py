@@ -4,13 +4,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from engine import checkpoint, data, experiment, init, models, optim, probes, simulate, sweep
+from engine import checkpoint, experiment, sweep
 from engine.errors import ConfigError
 
 SCRIPT = """
