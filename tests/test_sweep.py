@@ -99,6 +99,26 @@ EIGHT_DEVICES = textwrap.dedent("""
     assert "x8" in eight.attrs["device"] and "x1" in one.attrs["device"]
     xr.testing.assert_allclose(eight.drop_attrs(), one.drop_attrs(), rtol=1e-6)
     assert bool(eight.diverged.sel(lr=40.0).all()) and not bool(eight.diverged.sel(lr=0.1).any())
+    # interrupted after its 2nd checkpoint on 8 devices, resumed: bit-identical
+    import tempfile
+    from engine import checkpoint
+    folder, calls, save_state = tempfile.mkdtemp(), [], checkpoint.save_state
+    def crash_on_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        save_state(*a, **k)
+    checkpoint.save_state = crash_on_the_second
+    try:
+        sweep.sweep(sim, grid=grid, seeds=4, chunk=8, segment=1, checkpoint=folder)
+        raise AssertionError("the sweep was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    checkpoint.save_state = save_state
+    resumed = sweep.sweep(sim, grid=grid, seeds=4, chunk=8, segment=1, checkpoint=folder)
+    whole = sweep.sweep(sim, grid=grid, seeds=4, chunk=8, segment=1)
+    for name in whole.data_vars:
+        np.testing.assert_array_equal(resumed[name].values, whole[name].values, err_msg=name)
     # curvature probes (Lanczos loops inside the scan) shard the same way
     model = models.mlp((1, 16, 1), "tanh")
     sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(), init.scaled(model),
