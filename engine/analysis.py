@@ -96,10 +96,15 @@ def above_floor(x: np.ndarray, steps: np.ndarray, floor: float) -> tuple[np.ndar
     return steps[:end].astype(float), y[:end]
 
 
+def _unit_rows(w: np.ndarray) -> np.ndarray:
+    """The rows of w [m, d] scaled to unit length (zero rows stay zero)."""
+    w = np.asarray(w, float)
+    return w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-300)
+
+
 def cosine_similarity(w: np.ndarray) -> np.ndarray:
     """Pairwise cosine similarity of the rows of w [m, d]: [m, m] (rows of zero norm give 0)."""
-    w = np.asarray(w, float)
-    unit = w / np.maximum(np.linalg.norm(w, axis=-1, keepdims=True), 1e-300)
+    unit = _unit_rows(w)
     return unit @ unit.T
 
 
@@ -110,8 +115,7 @@ def orientation_clusters(w: np.ndarray, cos_min: float = 0.95) -> np.ndarray:
     first (condensation, Zhou et al. 2021: at most 2p clusters hold the neurons early
     on for an activation of multiplicity p)."""
     w = np.asarray(w, float)
-    order = np.argsort(-np.linalg.norm(w, axis=1))
-    unit = w[order] / np.maximum(np.linalg.norm(w[order], axis=1, keepdims=True), 1e-300)
+    unit = _unit_rows(w[np.argsort(-np.linalg.norm(w, axis=1))])
     leaders, sizes = [], []
     for u in unit:
         if leaders:
@@ -125,17 +129,10 @@ def orientation_clusters(w: np.ndarray, cos_min: float = 0.95) -> np.ndarray:
     return np.sort(np.asarray(sizes))[::-1]
 
 
-def condensed_fraction(w: np.ndarray, clusters: int, cos_min: float = 0.95) -> float:
-    """Fraction of the rows of w in its `clusters` largest orientation clusters."""
-    sizes = orientation_clusters(w, cos_min)
-    return float(sizes[:clusters].sum() / max(len(w), 1))
-
-
 def cluster_order(w: np.ndarray) -> np.ndarray:
     """Row order that puts neurons of similar orientation next to each other (by angle of
     the leading two principal directions), for cosine-similarity heat maps."""
-    w = np.asarray(w, float)
-    unit = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-300)
+    unit = _unit_rows(w)
     _, _, vt = np.linalg.svd(unit, full_matrices=False)
     coords = unit @ vt[:2].T if vt.shape[0] >= 2 else np.c_[unit @ vt[0], np.zeros(len(unit))]
     return np.argsort(np.arctan2(coords[:, 1], coords[:, 0]))

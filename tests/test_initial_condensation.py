@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import xarray as xr
 
 from engine import analysis, experiment
 from experiments import initial_condensation as ic
@@ -26,7 +27,8 @@ def test_orientation_clusters_count_directions_not_lines():
     rows = np.concatenate([u + 0.01 * rng.normal(size=(30, 3)), -2 * u + 0.01 * rng.normal(size=(20, 3)),
                            3 * v + 0.01 * rng.normal(size=(10, 3))])
     assert list(analysis.orientation_clusters(rows, 0.95)) == [30, 20, 10]
-    assert analysis.condensed_fraction(rows, 2) == 50 / 60
+    share = analysis.condensation(xr.DataArray(rows[None], dims=("run", "neuron", "fan_in")), 2)
+    assert abs(float(share.condensed_share[0]) - 50 / 60) < 1e-12 and int(share.clusters[0]) == 3
     cos = analysis.cosine_similarity(rows)
     np.testing.assert_allclose(np.diag(cos), 1.0)
     assert cos[0, 30] < -0.99 and abs(cos[0, 50]) < 0.05
