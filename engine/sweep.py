@@ -23,8 +23,14 @@ Static axes (`static`: name -> values, e.g. width, depth, activation) change sha
 results are joined on their coordinates.
 
 Run r with seed s uses the key `fold_in(key(base_seed), s)`: seed s is the same run
-whatever else is in the sweep (same batch, chunk or device count => same trajectory
-up to floating-point reassociation inside batched kernels).
+whatever else is in the sweep. Measured on CPU (tests/test_sweep.py): its trajectory
+(parameters, loss, flags) is the same bit for bit alone, in a batch of 64, in any
+chunk, vmapped or mapped, on 1 or 8 devices, resumed or not; a quantity *measured*
+from it (a norm ratio, a Lanczos eigenvalue) is the same bit for bit across chunk
+sizes and resumption, and otherwise may round differently by ~1 float32 ulp (rel
+~1e-7), because XLA compiles it into a different program (batched vs not, partitioned
+over devices vs not) and fuses its reductions differently. On GPUs, batched kernels
+may also reassociate the trajectory's own sums.
 
 Returns an `xarray.Dataset`: probes with dims (seed, *static, *grid, step, ...),
 flags `diverged`, `diverged_step`, `converged`, `converged_step` with dims
