@@ -5,8 +5,9 @@ for every chunk of runs it is advancing, the run state after each segment
 (`<part>/chunk-<i>.state.npz`: params, optimizer and probe states, eigenvector warm
 starts, keys, flags, the next segment index) and that segment's records
 (`chunk-<i>.seg-<j>.npz`); a finished chunk becomes one `chunk-<i>.done.npz`. Every file
-is written to a temporary name and renamed, so a crash leaves either the old file or the
-new one, never half of one. On a rerun the same sweep loads what is there and goes on:
+is written to a temporary name, flushed and renamed (`replacing`), so a crash leaves
+either the old file or the new one, never half of one; a rerun first deletes the
+temporaries that killed writers left behind. On a rerun the same sweep loads what is there and goes on:
 the compiled segment is the same function of the same state, so the results equal an
 uninterrupted sweep's bit for bit. `meta.json` holds a fingerprint of the sweep
 (simulation config, grid, seeds, chunking); a checkpoint of a different sweep is refused.
@@ -57,6 +58,7 @@ def claim(directory: Path, print_: str) -> None:
     """Create `directory` for the sweep with fingerprint `print_`, or check that the
     checkpoint already there is of the same sweep."""
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)
     meta = directory / "meta.json"
     if meta.exists():
         old = json.loads(meta.read_text()).get("fingerprint")
@@ -67,13 +69,54 @@ def claim(directory: Path, print_: str) -> None:
         _atomic(meta, lambda f: f.write(json.dumps({"fingerprint": print_}).encode()))
 
 
-def _atomic(path: Path, write) -> None:
+@contextlib.contextmanager
+def replacing(path):
+    """Write a file atomically: yields a temporary path `.<name>.tmp-<pid>` beside `path`;
+    once the block has written it, it is flushed to disk and renamed onto `path`. A crash
+    (even SIGKILL mid-write) leaves the old file or none, never half of one; the stray
+    temporary is removed by `remove_stale_temporaries`."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory, recursive: bool = True) -> list[Path]:
+    """Delete the half-written temporaries that killed writers left in `directory`
+    (those of this process or of processes that no longer exist); returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = []
+    for tmp in (directory.rglob if recursive else directory.glob)(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            stale.append(tmp)
+    return stale
+
+
+def _atomic(path: Path, write) -> None:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _is_key(x) -> bool:

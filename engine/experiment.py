@@ -11,8 +11,10 @@ verdict under "claims") and `figures(ds, config, out_dir) -> [paths]`. `run` res
 the config, runs the sweep, and writes into DIR: results.nc, config.json,
 summary.json and the figures, which are drawn from the saved results. While the sweep
 runs it checkpoints into DIR/checkpoint after every segment (`engine.checkpoint`);
-`--resume DIR` continues a sweep that was killed, with the config saved in
-DIR/config.json, and gives the results an uninterrupted run would have given.
+`--resume DIR` continues a sweep that was killed, with the config saved beside its
+checkpoint, and gives the results an uninterrupted run would have given. Every file is
+written atomically (`engine.checkpoint.replacing`), and a previous run's files in DIR
+are replaced only once the new results exist.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import argparse
 import ast
 import importlib.metadata as md
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,9 +69,9 @@ def versions() -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    from engine.checkpoint import replacing
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(x):
@@ -91,24 +92,31 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temporaries(out, recursive=False)
     saved = out / "checkpoint"
     if not resume:
         shutil.rmtree(saved, ignore_errors=True)
+    saved.mkdir(exist_ok=True)
     device = jax.devices()[0]
-    _write_json(out / "config.json", {"experiment": module.NAME, "config": config,
-                                      "versions": versions(), "x64": bool(jax.config.jax_enable_x64),
-                                      "device": f"{device.platform}:{device.device_kind}",
-                                      "device_count": jax.device_count()})
+    meta = {"experiment": module.NAME, "config": config, "versions": versions(),
+            "x64": bool(jax.config.jax_enable_x64), "device": f"{device.platform}:{device.device_kind}",
+            "device_count": jax.device_count()}
+    # While it runs, the config lives beside the checkpoint: a previous run's
+    # config.json, results.nc and summary.json stay together until this one has results.
+    _write_json(saved / "config.json", meta)
     t0 = time.perf_counter()
     try:
         with checkpoint.checkpointing(saved):
             ds = module.run_sweep({**config, "progress": progress})
     except ConfigError:
+        shutil.rmtree(saved, ignore_errors=True)
         if created:  # a config that never ran leaves no output folder behind
-            (out / "config.json").unlink(missing_ok=True)
             out.rmdir()
         raise
     elapsed = time.perf_counter() - t0
+    for stale in ("summary.json", "results.nc"):
+        (out / stale).unlink(missing_ok=True)
+    _write_json(out / "config.json", meta)
     sweep.save(ds, out / "results.nc")
     shutil.rmtree(saved, ignore_errors=True)  # the results are safe: the checkpoint is spent
     ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file
@@ -119,13 +127,15 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
 
 
 def _resume(module, args) -> dict:
-    """--resume DIR: the config, float width and experiment saved in DIR/config.json."""
+    """--resume DIR: the config, float width and experiment of the run that was killed
+    (DIR/checkpoint/config.json), or of the finished run in DIR/config.json."""
     out = Path(args.resume)
     if args.set or args.seeds is not None or args.x64 or args.out not in (None, args.resume):
         raise ConfigError("--resume", "a resumed run takes its config from DIR/config.json",
                           "drop --set, --seeds, --x64 and --out")
+    running = out / "checkpoint" / "config.json"
     try:
-        saved = json.loads((out / "config.json").read_text())
+        saved = json.loads((running if running.exists() else out / "config.json").read_text())
     except (OSError, ValueError):
         raise ConfigError("--resume", f"no readable config.json in {out}",
                           "give the --out folder of the run to continue") from None

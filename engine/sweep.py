@@ -433,11 +433,10 @@ def _attrs(sim, grid, seeds, static, plans, devices, base_seed) -> dict:
 
 # ----------------------------------------------------------------------------- files
 def save(ds: xr.Dataset, path) -> None:
-    """Write `ds` as netCDF atomically: to a temporary name, then rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    ds.to_netcdf(tmp)
-    os.replace(tmp, path)
+    """Write `ds` as netCDF atomically (`engine.checkpoint.replacing`): a crash leaves
+    the previous file or none, never a half-written one that looks complete."""
+    with checkpoint_module.replacing(path) as tmp:
+        ds.to_netcdf(tmp)
 
 
 def load(path) -> xr.Dataset:

@@ -68,7 +68,12 @@ def test_interrupted_in_process_resume_equals_one_go(tmp_path, monkeypatch, tiny
     with pytest.raises(KeyboardInterrupt):
         sweep.sweep(sim, **kw, checkpoint=tmp_path / "c")
     monkeypatch.setattr(checkpoint, "save_state", save_state)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # a writer killed mid-file leaves its temporary; the rerun removes it
+    stray = tmp_path / "c" / "part-0" / f".chunk-1.state.npz.tmp-{dead.pid}"
+    stray.write_bytes(b"half a file")
     _assert_identical(sweep.sweep(sim, **kw, checkpoint=tmp_path / "c"), whole)
+    assert not stray.exists()
     # a checkpoint of another sweep is refused, naming the fix
     with pytest.raises(ConfigError, match="different sweep"):
         sweep.sweep(sim, grid={"lr": [0.05, 0.3]}, seeds=3, chunk=2, segment=2, checkpoint=tmp_path / "c")
@@ -88,3 +93,75 @@ def test_experiment_resume_flag(tmp_path, monkeypatch):
                         (["--resume", str(out), "--set", "steps=5"], "drop --set")):
         with pytest.raises(SystemExit):
             experiment.main(fp, argv)
+
+
+DIE_INSIDE_A_WRITE = """
+import io, os, signal, sys
+import numpy as np, xarray as xr
+mode, n = sys.argv[1], int(sys.argv[2])
+calls = []
+if mode == "npz":  # the n-th checkpoint file gets half its bytes, then the process is killed
+    savez = np.savez
+    def half_then_kill(f, **arrays):
+        calls.append(1)
+        if len(calls) < n:
+            return savez(f, **arrays)
+        buf = io.BytesIO()
+        savez(buf, **arrays)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    np.savez = half_then_kill
+elif mode == "netcdf":  # results.nc gets half its bytes, then the process is killed
+    to_netcdf = xr.Dataset.to_netcdf
+    def half_then_kill(self, path, *a, **k):
+        to_netcdf(self, path, *a, **k)
+        os.truncate(path, os.path.getsize(path) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    xr.Dataset.to_netcdf = half_then_kill
+from engine import experiment
+from experiments import frequency_principle
+experiment.main(frequency_principle, sys.argv[3:])
+"""
+
+
+def test_a_sweep_killed_inside_a_write_loses_nothing_and_resumes_to_identical_results(tmp_path):
+    """SIGKILL while a checkpoint file is half written, then while results.nc is half
+    written: each time the last complete files are intact, the resume gives the results
+    of an uninterrupted run bit for bit, and no temporary is left behind. A new run
+    killed in the same folder leaves the previous run's files as they were."""
+    from experiments import frequency_principle as fp
+    script = tmp_path / "die.py"
+    script.write_text(DIE_INSIDE_A_WRITE)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", ENGINE_CPU_DEVICES="0")  # one device, as in this process
+    out = tmp_path / "run"
+    fresh = ["--out", str(out), "--seeds", "1", "--set", "steps=200", "--no-progress"]
+
+    def cli(mode, n, argv):
+        return subprocess.run([sys.executable, str(script), mode, str(n), *argv], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    # 10 segments, each writes its records then the state: the 8th write is segment 4's state
+    assert cli("npz", 8, fresh).returncode == -signal.SIGKILL
+    part = out / "checkpoint" / "sweep-0" / "part-0"
+    assert int(checkpoint.load_arrays(part / "chunk-0.state.npz")["extra_segment"]) == 3
+    (half,) = part.glob(".chunk-0.state.npz.tmp-*")
+    with pytest.raises(Exception):
+        checkpoint.load_arrays(half)
+    assert not (out / "results.nc").exists() and not (out / "config.json").exists()
+
+    assert cli("netcdf", 0, ["--resume", str(out), "--no-progress"]).returncode == -signal.SIGKILL
+    assert not (out / "results.nc").exists() and list(out.glob(".results.nc.tmp-*"))
+
+    done = cli("none", 0, ["--resume", str(out), "--no-progress"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(out.rglob("*.tmp-*")) and not (out / "checkpoint").exists()
+    config = {**experiment.parse_set(["steps=200"], fp.PRESETS["quick"]), "seeds": 1}
+    experiment.run(fp, config, tmp_path / "uninterrupted", progress=False)
+    _assert_identical(sweep.load(out / "results.nc"), sweep.load(tmp_path / "uninterrupted" / "results.nc"))
+
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = ["--out", str(out), "--seeds", "2", "--set", "steps=100", "--no-progress"]
+    assert cli("npz", 3, other).returncode == -signal.SIGKILL
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
