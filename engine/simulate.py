@@ -207,15 +207,21 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         return loss_fn_(model.apply(params, x), y)
 
     def measure(state: RunState, hp, data, first: bool):
-        snap = probes_module.Snapshot(
-            state.params, state.params0, lambda p: objective(p, data.x, data.y), objective,
-            model.apply, data, loss_fn_, state.opt_state, optimizer, hp,
-            jax.random.fold_in(state.key, state.step), first)
-        values, new_states = {}, []
-        for p, ps in zip(probe_list, state.probe_state):
-            v, ps = p.measure(snap, ps)
+        def snapshot(hp):
+            return probes_module.Snapshot(
+                state.params, state.params0, lambda p: objective(p, data.x, data.y), objective,
+                model.apply, data, loss_fn_, state.opt_state, optimizer, hp,
+                jax.random.fold_in(state.key, state.step), first)
+
+        values, new_states, todo = {}, list(state.probe_state), range(len(probe_list))
+        if step_size is not None:  # first: the other probes see the lr the next interval uses
+            v, new_states[-1] = probe_list[-1].measure(snapshot(hp), new_states[-1])
             values.update(v)
-            new_states.append(ps)
+            hp, todo = {**hp, "lr": new_states[-1]["lr"]}, todo[:-1]
+        snap = snapshot(hp)
+        for i in todo:
+            v, new_states[i] = probe_list[i].measure(snap, new_states[i])
+            values.update(v)
         # After divergence a run's records are NaN: the frozen values are not a trajectory.
         dead = state.diverged & (state.diverged_step < jnp.minimum(state.step, steps))
         values = {k: jnp.where(dead, jnp.nan, v) for k, v in values.items()}
@@ -266,7 +272,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
             hp_now = current(hp, state)
             opt = optimizer.build(hp_now) if step_size is not None else opt_fixed
             state = jax.lax.fori_loop(0, every, lambda _, s: train_step(s, hp_now, data, opt), state)
-            values, probe_state = measure(state, current(hp, state), data, first=False)
+            values, probe_state = measure(state, hp, data, first=False)
             return state._replace(probe_state=probe_state), values
 
         return jax.lax.scan(interval, state, length=intervals)

@@ -284,6 +284,19 @@ def test_step_size_probe_sets_the_learning_rate_of_the_next_interval(x64):
     np.testing.assert_allclose(traj["loss"], fixed.run(jax.random.key(1))["loss"], rtol=1e-5)
 
 
+def test_under_a_step_size_probe_loss_change_uses_the_lr_of_the_step_it_predicts(x64):
+    """loss_change at a record is L after the next update minus L now; with the step size
+    chosen at that record (here every step), it equals the next record's loss minus this one."""
+    from engine import probes
+    model = models.mlp((1, 8, 1), "tanh")
+    sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(lr=123.0), init.scaled(model),
+                              steps=12, every=1, probes=("loss", "loss_change"),
+                              step_size=probes.step_size(0.9, iters=30, warm_iters=30))
+    traj = sim.run(jax.random.key(1))
+    assert np.ptp(traj["lr"]) > 1e-3 * traj["lr"].mean()  # the lr changes from record to record
+    np.testing.assert_allclose(traj["loss_change"][:-1], np.diff(traj["loss"]), rtol=1e-9, atol=1e-15)
+
+
 def test_an_unconverged_eigen_solve_says_so_through_its_residual(x64):
     """Too few Lanczos products give a wrong eigenvalue -- and a residual that shows it."""
     loss_fn, params, H = problem()
