@@ -5,7 +5,8 @@
     python -m experiments.<name> --resume DIR
 
 An experiment module defines `NAME`, `PRESETS` ({"quick": {...}, "paper": {...}}: the
-full config as plain data), `run_sweep(config) -> xarray.Dataset`,
+full config as plain data), optionally `RANGES` ({field: `engine.errors.Range`}: the
+values a field may take, checked before anything is written or compiled), `run_sweep(config) -> xarray.Dataset`,
 `summarize(ds, config) -> dict` (the numbers the experiment exists for and each claim's
 verdict under "claims") and `figures(ds, config, out_dir) -> [paths]`. `run` resolves
 the config, runs the sweep, and writes into DIR: results.nc, config.json,
@@ -26,12 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import ConfigError
+import numpy as np
+
+from engine.errors import ConfigError, check_ranges
 
 
 def parse_set(items, config: dict) -> dict:
     """Apply `--set key=value` overrides; values are Python literals (numbers, lists,
-    strings). ConfigError for a malformed item or an unknown key."""
+    strings). ConfigError for a malformed item, an unknown key, or a value of another
+    kind than the preset's (`_like`); the module checks the rest when it builds."""
     config = dict(config)
     for item in items or ():
         if "=" not in item:
@@ -44,18 +48,41 @@ def parse_set(items, config: dict) -> dict:
             value = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
             value = raw.strip()
-        old = config[key]
-        if isinstance(old, (int, float)) and not isinstance(old, bool):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not ok:
-                raise ConfigError(f"--set {key}", f"got {raw!r}, expected a number like {old!r}",
-                                  f"write --set {key}={old!r}")
-            value = type(old)(value) if isinstance(old, float) or float(value).is_integer() else value
-        elif isinstance(old, (list, tuple)) and not isinstance(value, (list, tuple)):
-            raise ConfigError(f"--set {key}", f"got {raw!r}, expected a list like {list(old)!r}",
-                              f"write --set '{key}={list(old)!r}'")
-        config[key] = list(value) if isinstance(value, tuple) else value
+        config[key] = _like(key, raw, value, config[key])
     return config
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _like(key: str, raw: str, value, old):
+    """`value` checked against the preset's `old`: a number stays a number, an integer
+    (a count: steps, seeds, widths ...) stays a whole number >= 1, a list stays a
+    non-empty list whose items have the preset items' kind (number or name)."""
+    field = f"--set {key}"
+    if _is_number(old):
+        if not _is_number(value):
+            raise ConfigError(field, f"got {raw!r}, expected a number like {old!r}", f"write --set {key}={old!r}")
+        if isinstance(old, (int, np.integer)):
+            if not float(value).is_integer() or value < 1:
+                raise ConfigError(field, f"got {raw!r}, but {key} counts something",
+                                  f"use a whole number >= 1, like {old!r}")
+            return int(value)
+        return float(value)
+    if isinstance(old, (list, tuple)):
+        old = [x.item() if isinstance(x, np.generic) else x for x in old]  # shown in messages
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(field, f"got {raw!r}, expected a list like {list(old)!r}",
+                              f"write --set '{key}={list(old)!r}'")
+        if not value:
+            raise ConfigError(field, "the list is empty", f"give at least one value, like {list(old)[:3]!r}")
+        for kind, test in (("numbers", _is_number), ("names", lambda x: isinstance(x, str))):
+            if old and all(map(test, old)) and not all(map(test, value)):
+                raise ConfigError(field, f"got {raw!r}, expected {kind} like {list(old)[:3]!r}",
+                                  f"write --set '{key}={list(old)[:3]!r}'")
+        return list(value)
+    return value
 
 
 def versions() -> dict:
@@ -89,6 +116,7 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
     import jax
     from engine import checkpoint, sweep
 
+    check_ranges(config, getattr(module, "RANGES", {}))
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

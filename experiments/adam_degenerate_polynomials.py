@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.errors import require
+from engine.errors import BETA, FINITE, POSITIVE, UNIT, Range, require
 
 NAME = "adam_degenerate_polynomials"
 PRESETS = {
@@ -42,6 +42,8 @@ PRESETS = {
               "gd_lrs": [0.01, 0.1], "momentum": 0.9, "flat": 0.2, "margin": 0.03,
               "example_b2": 0.99, "example_b1s": [0.9, 0.9905, 0.995], "example_steps": 40000},
 }
+RANGES = {"k": Range(4, integer=True), "x0": FINITE, "lr": POSITIVE, "b1s": UNIT, "b2s": UNIT, "gd_lrs": POSITIVE,
+          "momentum": BETA, "flat": POSITIVE, "margin": Range(0), "example_b2": UNIT, "example_b1s": UNIT}
 PRESETS["paper"] = {**PRESETS["quick"], "b1s": list(np.round(np.linspace(0.0, 0.995, 25), 4)),
                     "b2s": list(np.round(np.linspace(0.5, 0.999, 25), 4)), "steps": 100000, "every": 50,
                     "example_steps": 100000}
@@ -62,8 +64,7 @@ def _simulation(config, optimizer, steps=None):
 
 
 def run_sweep(config: dict):
-    require(isinstance(config["k"], int) and config["k"] >= 4 and config["k"] % 2 == 0, "k",
-            f"got {config['k']!r}", "use an even degree k >= 4")
+    require(config["k"] % 2 == 0, "k", f"got {config['k']!r}", "use an even degree k >= 4")
     with jax.enable_x64(True):
         adam = sweep.sweep(_simulation(config, optim.adam_raw(lr=config["lr"])),
                            grid={"b1": [float(b) for b in config["b1s"]], "b2": [float(b) for b in config["b2s"]]},

@@ -39,7 +39,7 @@ import numpy as np
 import xarray as xr
 
 from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.errors import require
+from engine.errors import POSITIVE, UNIT, Range, require
 from experiments.adam_degenerate_polynomials import polynomial
 
 NAME = "adam_spikes"
@@ -49,6 +49,8 @@ PRESETS = {
               "quadratic_lr": 0.01, "quadratic_b2s": [0.99, 0.995, 0.999], "quadratic_steps": 30000,
               "quadratic_every": 5},
 }
+RANGES = {"lr": POSITIVE, "b1": UNIT, "b2s": UNIT, "epss": Range(0), "spike": Range(1, lo_open=True),
+          "quadratic_lr": POSITIVE, "quadratic_b2s": UNIT}
 PRESETS["paper"] = {**PRESETS["quick"], "widths": [1, 256, 256, 1], "n": 256, "epss": [1e-8, 1e-4, 0.1],
                     "seeds": 8, "steps": 50000, "every": 5, "quadratic_steps": 60000}
 
@@ -71,8 +73,7 @@ def quadratic(config) -> simulate.Simulation:
 
 
 def run_sweep(config: dict):
-    require(isinstance(config["b2s"], list) and len(config["b2s"]) >= 2, "b2s", f"got {config['b2s']!r}",
-            "give at least two values of b2 to compare")
+    require(len(config["b2s"]) >= 2, "b2s", f"got {config['b2s']!r}", "give at least two values of b2 to compare")
     net = sweep.sweep(network(config), grid={"b2": [float(b) for b in config["b2s"]],
                                              "eps": [float(e) for e in config["epss"]]},
                       seeds=config["seeds"], progress=config.get("progress"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 
 from engine import experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.errors import require
+from engine.errors import FRACTION, POSITIVE, UNIT, Range, require
 from experiments.edge_of_stability import late_phase, training_set
 
 NAME = "adaptive_edge_of_stability"
@@ -35,6 +35,8 @@ PRESETS = {
               "lrs": [1e-4, 2e-4, 4e-4], "b1s": [0.9], "b2": 0.999, "eps": 1e-7, "seeds": 2,
               "steps": 20000, "every": 50, "late": 0.5},
 }
+RANGES = {"n_train": Range(1, integer=True, none_ok=True), "lrs": POSITIVE, "b1s": UNIT, "b2": UNIT,
+          "eps": Range(0), "late": FRACTION}
 
 
 def build(config: dict) -> simulate.Simulation:
@@ -51,8 +53,6 @@ def build(config: dict) -> simulate.Simulation:
 
 
 def run_sweep(config: dict):
-    require(isinstance(config["late"], float) and 0 < config["late"] <= 1, "late", f"got {config['late']!r}",
-            "use a fraction of the recorded steps in (0, 1], e.g. 0.5")
     return sweep.sweep(build(config), grid={"lr": [float(x) for x in config["lrs"]],
                                             "b1": [float(x) for x in config["b1s"]]},
                        seeds=config["seeds"], progress=config.get("progress"))

@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.errors import require
+from engine.errors import COUNT, POSITIVE, require
 from experiments.edge_of_stability import training_set
 
 NAME = "catapult"
@@ -42,6 +42,7 @@ PRESETS = {
     "paper": {"data": "digits", "n_train": 512, "width": 8192, "seeds": 4, "steps": 1000, "every": 2,
               "targets": list(np.round(np.linspace(0.25, 16.0, 64), 3)), "models": ["relu", "uv"]},
 }
+RANGES = {"n_train": COUNT, "targets": POSITIVE}
 
 
 def training_data(config: dict, kind: str):
@@ -75,8 +76,6 @@ def sweep_model(config: dict, kind: str) -> xr.Dataset:
 
 
 def run_sweep(config: dict):
-    require(isinstance(config["targets"], list) and len(config["targets"]) >= 1, "targets",
-            f"got {config['targets']!r}", "give a list of eta * lambda_0 values, e.g. [1.0, 3.0]")
     require(isinstance(config["models"], list) and len(config["models"]) >= 1, "models",
             f"got {config['models']!r}", f"give a list of models among {', '.join(KINDS)}")
     parts = [sweep_model(config, kind) for kind in config["models"]]

@@ -28,6 +28,7 @@ import sys
 import xarray as xr
 
 from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine.errors import FRACTION, POSITIVE, UNIT, Range
 
 NAME = "cnn_condensation"
 PRESETS = {
@@ -35,6 +36,8 @@ PRESETS = {
               "steps": 600, "every": 10, "fraction": 0.1, "cos_min": 0.9, "share_min": 0.05, "condensed": 0.9,
               "initial_loss": 0.95, "spread": 0.5},
 }
+RANGES = {"init_scales": POSITIVE, "fraction": FRACTION, "cos_min": UNIT, "share_min": UNIT,
+          "condensed": FRACTION, "initial_loss": Range(0), "spread": UNIT}
 PRESETS["paper"] = {**PRESETS["quick"], "n_train": 512, "channels": 32, "init_scales": [1.0, 1e-1, 1e-2, 1e-3, 1e-4],
                     "seeds": 8, "steps": 2000}
 

@@ -34,7 +34,7 @@ import sys
 
 
 from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.errors import ConfigError, require
+from engine.errors import FRACTION, POSITIVE, ConfigError, Range, require
 
 NAME = "edge_of_stability"
 PRESETS = {
@@ -45,6 +45,8 @@ PRESETS = {
               "lrs": [2 / 30, 2 / 50, 2 / 70, 2 / 90], "seeds": 4, "steps": 20000, "every": 50,
               "sharpness_examples": None, "late": 0.5},
 }
+RANGES = {"n_train": Range(1, integer=True, none_ok=True), "lrs": POSITIVE,
+          "sharpness_examples": Range(1, integer=True, none_ok=True), "late": FRACTION}
 
 
 def training_set(name: str, n_train: int | None) -> data.Dataset:
@@ -79,10 +81,6 @@ def build(config: dict) -> simulate.Simulation:
 
 
 def run_sweep(config: dict):
-    require(isinstance(config["lrs"], list) and len(config["lrs"]) >= 1, "lrs", f"got {config['lrs']!r}",
-            "give a list of learning rates, e.g. [0.2, 0.3]")
-    require(isinstance(config["late"], float) and 0 < config["late"] <= 1, "late", f"got {config['late']!r}",
-            "use a fraction of the recorded steps in (0, 1], e.g. 0.5")
     return sweep.sweep(build(config), grid={"lr": [float(x) for x in config["lrs"]]}, seeds=config["seeds"],
                        progress=config.get("progress"))
 

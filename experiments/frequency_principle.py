@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from engine import data, experiment, init, models, optim, plot, simulate, sweep
-from engine.errors import require
+from engine.errors import POSITIVE, require
 
 NAME = "frequency_principle"
 PRESETS = {
@@ -30,6 +30,7 @@ PRESETS = {
     "paper": {"frequencies": [1, 3, 5], "n": 201, "widths": [1, 500, 500, 1], "lr": 0.0005, "seeds": 16,
               "steps": 20000, "every": 50, "tol": 0.05},
 }
+RANGES = {"frequencies": POSITIVE, "lr": POSITIVE, "tol": POSITIVE}
 
 
 def run_sweep(config: dict):

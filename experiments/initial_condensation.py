@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine.errors import FINITE, FRACTION, POSITIVE, UNIT, Range
 
 NAME = "initial_condensation"
 MULTIPLICITY = {"tanh": 1, "xtanh": 2, "x2tanh": 3, "relu": 1}
@@ -46,6 +47,9 @@ PRESETS = {
               "cos_min": 0.9, "share_min": 0.05, "condensed": 0.9, "initial_loss": 0.95, "small_gamma": 3.0,
               "heatmap_gamma": 2.5},
 }
+RANGES = {"frequencies": POSITIVE, "gammas": FINITE, "lr": POSITIVE, "eps": Range(0), "cos_min": UNIT,
+          "share_min": UNIT, "condensed": FRACTION, "initial_loss": Range(0),
+          "small_gamma": FINITE, "heatmap_gamma": FINITE}
 PRESETS["paper"] = {**PRESETS["quick"], "width": 1000, "gammas": [0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0],
                     "seeds": 8, "steps": 5000, "every": 2, "small_gamma": 2.0, "heatmap_gamma": 2.0}
 

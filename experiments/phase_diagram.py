@@ -33,6 +33,7 @@ import numpy as np
 import xarray as xr
 
 from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine.errors import FINITE, FRACTION, POSITIVE, Range
 
 NAME = "phase_diagram"
 REGIMES = ("linear", "critical", "condensed")
@@ -46,6 +47,8 @@ PRESETS = {
               "widths": [100, 200, 500, 1000, 2000, 5000, 10000], "seeds": 8, "steps": 50000, "every": 10,
               "tol": 1e-6, "fraction": 0.1, "critical_band": 0.1, "away": 0.15},
 }
+RANGES = {"gammas": FINITE, "gamma_primes": FINITE, "tol": POSITIVE, "fraction": FRACTION,
+          "critical_band": Range(0), "away": Range(0)}
 
 
 def build(width: int, config: dict) -> simulate.Simulation:

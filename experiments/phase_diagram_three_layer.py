@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine.errors import FINITE, FRACTION, POSITIVE, Range
 
 NAME = "phase_diagram_three_layer"
 HIDDEN = {"0": "W1", "1": "W2"}
@@ -40,6 +41,8 @@ PRESETS = {
               # where each layer's regime is asserted (its own exponent only; near-critical values left out)
               "linear_at": {"0": [0.0], "1": [0.0, 0.5]}, "condensed_at": {"0": [1.0, 1.5], "1": [1.5]}},
 }
+RANGES = {"gamma_in": FINITE, "gamma_mid": FINITE, "gamma_out": FINITE, "tol": POSITIVE,
+          "fraction": FRACTION, "critical_band": Range(0), "margin": Range(0)}
 PRESETS["paper"] = {**PRESETS["quick"], "gamma_in": list(np.arange(0, 2.01, 0.25)), "seeds": 4, "steps": 20000,
                     "gamma_mid": list(np.arange(0, 2.01, 0.25)), "widths": [50, 100, 200, 500, 1000, 2000],
                     "linear_at": {"0": [0.0, 0.25], "1": [0.0, 0.25, 0.5]},

@@ -18,6 +18,7 @@ import sys
 import jax.numpy as jnp
 
 from engine import analysis, data, experiment, init, models, optim, plot, simulate, sweep
+from engine.errors import FINITE, POSITIVE
 
 NAME = "quickstart"
 PRESETS = {
@@ -27,6 +28,7 @@ PRESETS = {
               "widths": [200, 400, 800, 1600, 3200, 6400, 12800],
               "seeds": 16, "lr0": 0.5, "steps": 200000, "every": 1000, "tol": 1e-7},
 }
+RANGES = {"gammas": FINITE, "lr0": POSITIVE, "tol": POSITIVE}
 
 
 def build(width: int, config: dict) -> simulate.Simulation:

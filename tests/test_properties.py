@@ -1,13 +1,23 @@
 """Property-based tests (hypothesis) over random small configs: every valid one runs and
 gives finite or flagged records; every invalid one fails with a ConfigError naming a
-field and a fix, before anything compiles."""
+field and a fix, before anything compiles. The same over experiments' command lines:
+any one thing wrong gives one line naming it, no traceback, no compilation, no folder."""
+import contextlib
+import importlib
+import io
+import pkgutil
+import tempfile
+from pathlib import Path
+from unittest import mock
+
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engine import data, init, models, optim, simulate, sweep
-from engine.errors import ConfigError
+import experiments
+from engine import data, experiment, init, models, optim, simulate, sweep
+from engine.errors import ConfigError, Range
 from tests.test_config_errors import no_compilation
 
 ACTIVATIONS = ["relu", "tanh", "gelu", "silu", "xtanh", "linear"]
@@ -68,3 +78,92 @@ def test_any_broken_config_fails_cleanly_before_compiling(c, field):
     message = str(err.value)
     assert message.split(":")[0] in (field, "init_scale"), message
     assert "Fix:" in message and "Traceback" not in message
+
+
+# ----------------------------------------------------------------------------- the command line
+EXPERIMENTS = {m.name: importlib.import_module(f"experiments.{m.name}")
+               for m in pkgutil.iter_modules(experiments.__path__)}
+NAME = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)
+
+
+def _bounded(allowed: Range) -> bool:
+    return allowed.lo is not None or allowed.hi is not None
+
+
+@st.composite
+def broken_invocations(draw):
+    """(module, argv, the field the error must name): one thing wrong, as a user types it."""
+    module = EXPERIMENTS[draw(st.sampled_from(sorted(EXPERIMENTS)))]
+    preset = module.PRESETS["quick"]
+    numbers = sorted(k for k, v in preset.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    lists = sorted(k for k, v in preset.items() if isinstance(v, list))
+    ranged = sorted(k for k, r in getattr(module, "RANGES", {}).items() if _bounded(r))
+    kind = draw(st.sampled_from(["range", "count", "empty", "type", "key", "equals", "preset", "seeds", "resume"]))
+    if kind == "range" and ranged:
+        key = draw(st.sampled_from(ranged))
+        allowed = module.RANGES[key]
+        bad = draw(st.floats(-1e6, 1e6).filter(lambda v: v not in allowed))
+        value = list(preset[key]) if isinstance(preset[key], list) else bad
+        if isinstance(value, list):
+            value[draw(st.integers(0, len(value) - 1))] = bad
+        return module, ["--set", f"{key}={value!r}"], key
+    if kind == "count" and any(isinstance(preset[k], int) for k in numbers):
+        key = draw(st.sampled_from([k for k in numbers if isinstance(preset[k], int)]))
+        return module, ["--set", f"{key}={draw(st.integers(-100, 0))}"], key
+    if kind == "empty" and lists:
+        key = draw(st.sampled_from(lists))
+        return module, ["--set", f"{key}=[]"], key
+    if kind == "type" and numbers:
+        key = draw(st.sampled_from(numbers))
+        return module, ["--set", f"{key}={draw(NAME)}"], key
+    if kind == "equals":
+        return module, ["--set", draw(NAME)], "--set"
+    if kind == "preset":
+        return module, ["--preset", draw(NAME.filter(lambda p: p not in module.PRESETS))], "--preset"
+    if kind == "seeds":
+        return module, ["--seeds", str(draw(st.integers(-5, 0)))], "--seeds"
+    if kind == "resume":
+        return module, ["--resume", f"nowhere/{draw(NAME)}"], "--resume"
+    return module, ["--set", f"{draw(NAME.filter(lambda k: k not in preset))}=1"], "--set"
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(broken_invocations())
+def test_any_broken_command_line_fails_in_one_clear_line_before_compiling(invocation):
+    module, argv, field = invocation
+    out = Path(tempfile.mkdtemp()) / "out"
+    stderr = io.StringIO()
+    with no_compilation(), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as code:
+        experiment.main(module, [*argv, "--out", str(out), "--no-progress"])
+    message = stderr.getvalue().strip()
+    assert code.value.code == 2, message
+    assert message.startswith("error: ") and "\n" not in message and "Fix:" in message, message
+    assert field in message[len("error: "):].split(": ")[0], message
+    assert not out.exists()
+
+
+class ReachedTheSweep(Exception):
+    pass
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_value_in_range_reaches_the_sweep_or_fails_cleanly(data):
+    """A value inside a field's RANGES never crashes an experiment: it either passes every
+    check (and the sweep starts) or a module-specific check rejects it with a ConfigError."""
+    module = EXPERIMENTS[data.draw(st.sampled_from(sorted(n for n, m in EXPERIMENTS.items() if hasattr(m, "RANGES"))))]
+    key = data.draw(st.sampled_from(sorted(module.RANGES)))
+    allowed, old = module.RANGES[key], module.PRESETS["quick"][key]
+    lo = allowed.lo if allowed.lo is not None else -1e3
+    hi = allowed.hi if allowed.hi is not None else lo + 1e3
+    draw = (st.integers(int(np.ceil(lo)), int(hi)) if allowed.integer else st.floats(lo, hi))
+    v = data.draw(draw.filter(lambda v: v in allowed))
+    value = [v, *old[1:]] if isinstance(old, list) else v
+    config = {**module.PRESETS["quick"], key: value}
+    with mock.patch.object(sweep, "_run_all", side_effect=ReachedTheSweep):
+        try:
+            experiment.run(module, config, Path(tempfile.mkdtemp()) / "out", progress=False)
+        except ReachedTheSweep:
+            event("reached the sweep")
+        except ConfigError as e:
+            event(f"rejected by the module: {e.field}")
