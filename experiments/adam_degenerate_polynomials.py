@@ -144,7 +144,6 @@ def summarize(ds, config: dict) -> dict:
     exists, stable = boundaries(ds.b2, k)
     far = (abs(ds.b1 - stable) > config["margin"]) & (abs(ds.b1 - exists) > config["margin"])
     agree = (label == theory).where(far)
-    # |log r / log r_theory - 1|, r the late-phase rate and r_theory = b2^(1/(2(k-2)))
     rate = signature(ds.x, config["lr"]).log10_rate
     rate_error = abs(rate / (np.log10(ds.b2) / (2 * (k - 2))) - 1).where((label == "stable") & far & (theory == "stable"))
     poly = {key: round(float(np.polyfit(np.log10(t[t.size // 2:]), y[t.size // 2:], 1)[0]), 4)
