@@ -7,9 +7,9 @@ starts, keys, flags, the next segment index) and that segment's records
 (`chunk-<i>.seg-<j>.npz`); a finished chunk becomes one `chunk-<i>.done.npz`. Every file
 is written to a temporary name, flushed and renamed (`replacing`), so a crash leaves
 either the old file or the new one, never half of one; a rerun first deletes the
-temporaries that killed writers left behind. On a rerun the same sweep loads what is there and goes on:
-the compiled segment is the same function of the same state, so the results equal an
-uninterrupted sweep's bit for bit. `meta.json` holds a fingerprint of the sweep
+temporaries that killed writers left behind. On a rerun the same sweep loads what is
+there and goes on: the compiled segment is the same function of the same state, so the
+results equal an uninterrupted sweep's bit for bit. `meta.json` holds a fingerprint of the sweep
 (simulation config, grid, seeds, chunking); a checkpoint of a different sweep is refused.
 """
 from __future__ import annotations

@@ -6,11 +6,12 @@
 
 An experiment module defines `NAME`, `PRESETS` ({"quick": {...}, "paper": {...}}: the
 full config as plain data), optionally `RANGES` ({field: `engine.errors.Range`}: the
-values a field may take, checked before anything is written or compiled), `run_sweep(config) -> xarray.Dataset`,
-`summarize(ds, config) -> dict` (the numbers the experiment exists for and each claim's
-verdict under "claims") and `figures(ds, config, out_dir) -> [paths]`. `run` resolves
-the config, runs the sweep, and writes into DIR: results.nc, config.json,
-summary.json and the figures, which are drawn from the saved results. While the sweep
+values a field may take, checked before anything is written or compiled),
+`run_sweep(config) -> xarray.Dataset`, `summarize(ds, config) -> dict` (the numbers
+the experiment exists for and each claim's verdict under "claims") and
+`figures(ds, config, out_dir) -> [paths]`. `run` resolves the config, runs the sweep,
+and writes into DIR: results.nc, config.json, summary.json and the figures, which are
+drawn from the saved results. While the sweep
 runs it checkpoints into DIR/checkpoint after every segment (`engine.checkpoint`);
 `--resume DIR` continues a sweep that was killed, with the config saved beside its
 checkpoint, and gives the results an uninterrupted run would have given. Every file is
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ConfigError, check_ranges
+from engine.errors import FINITE, ConfigError, check_ranges
 
 
 def parse_set(items, config: dict) -> dict:
@@ -52,17 +53,13 @@ def parse_set(items, config: dict) -> dict:
     return config
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
-
-
 def _like(key: str, raw: str, value, old):
     """`value` checked against the preset's `old`: a number stays a number, an integer
     (a count: steps, seeds, widths ...) stays a whole number >= 1, a list stays a
     non-empty list whose items have the preset items' kind (number or name)."""
     field = f"--set {key}"
-    if _is_number(old):
-        if not _is_number(value):
+    if old in FINITE:
+        if value not in FINITE:
             raise ConfigError(field, f"got {raw!r}, expected a number like {old!r}", f"write --set {key}={old!r}")
         if isinstance(old, (int, np.integer)):
             if not float(value).is_integer() or value < 1:
@@ -77,7 +74,7 @@ def _like(key: str, raw: str, value, old):
                               f"write --set '{key}={list(old)!r}'")
         if not value:
             raise ConfigError(field, "the list is empty", f"give at least one value, like {list(old)[:3]!r}")
-        for kind, test in (("numbers", _is_number), ("names", lambda x: isinstance(x, str))):
+        for kind, test in (("numbers", FINITE.__contains__), ("names", lambda x: isinstance(x, str))):
             if old and all(map(test, old)) and not all(map(test, value)):
                 raise ConfigError(field, f"got {raw!r}, expected {kind} like {list(old)[:3]!r}",
                                   f"write --set '{key}={list(old)[:3]!r}'")
