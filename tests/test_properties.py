@@ -131,15 +131,17 @@ def broken_invocations(draw):
 @given(broken_invocations())
 def test_any_broken_command_line_fails_in_one_clear_line_before_compiling(invocation):
     module, argv, field = invocation
-    out = Path(tempfile.mkdtemp()) / "out"
     stderr = io.StringIO()
-    with no_compilation(), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as code:
-        experiment.main(module, [*argv, "--out", str(out), "--no-progress"])
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "out"
+        with no_compilation(), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as code:
+            experiment.main(module, [*argv, "--out", str(out), "--no-progress"])
+        created = out.exists()
     message = stderr.getvalue().strip()
     assert code.value.code == 2, message
     assert message.startswith("error: ") and "\n" not in message and "Fix:" in message, message
     assert field in message[len("error: "):].split(": ")[0], message
-    assert not out.exists()
+    assert not created
 
 
 class ReachedTheSweep(Exception):
@@ -160,9 +162,9 @@ def test_any_value_in_range_reaches_the_sweep_or_fails_cleanly(data):
     v = data.draw(draw.filter(lambda v: v in allowed))
     value = [v, *old[1:]] if isinstance(old, list) else v
     config = {**module.PRESETS["quick"], key: value}
-    with mock.patch.object(sweep, "_run_all", side_effect=ReachedTheSweep):
+    with mock.patch.object(sweep, "_run_all", side_effect=ReachedTheSweep), tempfile.TemporaryDirectory() as folder:
         try:
-            experiment.run(module, config, Path(tempfile.mkdtemp()) / "out", progress=False)
+            experiment.run(module, config, Path(folder) / "out", progress=False)
         except ReachedTheSweep:
             event("reached the sweep")
         except ConfigError as e:
