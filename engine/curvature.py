@@ -50,6 +50,31 @@ def hvp(loss_fn: Callable, params, v, mode: str = "forward_over_reverse"):
     raise ConfigError("mode", f"unknown value {mode!r}", f"use one of {', '.join(HVP_MODES)}")
 
 
+def check_solver(k: int, iters: int, method: str = "lanczos", tol: float | None = None,
+                 mode: str = "forward_over_reverse", prefix: str = "", iters_name: str = "iters") -> None:
+    """ConfigError, before anything is traced, for eigen-solver settings that cannot
+    work: k >= 1 eigenpairs; `iters` >= 1 products (Lanczos: >= k); a known method and
+    HVP mode; a positive residual tolerance, Lanczos only. Fields are named
+    `prefix + name` (the probes pass "probes."), the count `iters_name`."""
+    require(isinstance(k, int) and not isinstance(k, bool) and k >= 1, f"{prefix}k", f"got {k!r}",
+            "use an integer >= 1")
+    require(method in METHODS, f"{prefix}method", f"unknown value {method!r}", f"use one of {', '.join(METHODS)}")
+    least = k if method == "lanczos" else 1
+    require(isinstance(iters, int) and not isinstance(iters, bool) and iters >= least, f"{prefix}{iters_name}",
+            f"got {iters!r} for k={k}", f"use an integer >= {'k' if least == k else 1}")
+    require(mode in HVP_MODES, f"{prefix}mode", f"unknown value {mode!r}", f"use one of {', '.join(HVP_MODES)}")
+    require(tol is None or (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0),
+            f"{prefix}tol", f"got {tol!r}", "use a positive relative residual such as 1e-3, or None to run all iters")
+    require(tol is None or method == "lanczos", f"{prefix}tol", f"method {method!r} runs a fixed number of products",
+            "use method='lanczos' for a tolerance, or tol=None")
+
+
+def check_samples(samples: int, prefix: str = "") -> None:
+    """ConfigError unless a Hutchinson estimate gets >= 2 samples (for its standard error)."""
+    require(isinstance(samples, int) and not isinstance(samples, bool) and samples >= 2, f"{prefix}samples",
+            f"got {samples!r}", "use samples >= 2")
+
+
 def flat_operator(loss_fn: Callable, params, precond=None, mode: str = "forward_over_reverse"):
     """(matvec, n, unravel): u -> A u on flat vectors with A = H, or with a diagonal
     preconditioner P (pytree of positive entries) the symmetric A = P^-1/2 H P^-1/2,
@@ -113,10 +138,11 @@ def _orthogonalize(x, Q, filled):
 
 
 def _ritz(Q, AQ, filled, k: int) -> Eigen:
-    """Top-k Ritz pairs from the first `filled` rows of the basis Q [m, n] and the
-    stored products AQ [m, n]. Unfilled rows are decoupled onto a diagonal value below
-    every Gershgorin disc of the filled block, so they can never rank in the top k;
-    residuals ||A y - theta y|| / |theta| are exact, from AQ."""
+    """Top-k Ritz pairs from the first `filled` rows of a basis Q [m, n] and the stored
+    products AQ = A Q [m, n] (Rayleigh-Ritz). Unfilled rows are decoupled onto a
+    diagonal value below every Gershgorin disc of the filled block, so they can never
+    rank in the top k; residuals ||A y - theta y|| / |theta| are exact, from AQ.
+    (Power iteration and LOBPCG call it on their final block, k = filled = its rows.)"""
     m = Q.shape[0]
     live = jnp.arange(m) < filled
     T = Q @ AQ.T
@@ -181,23 +207,16 @@ def power_iteration(matvec, X0, iters: int) -> Eigen:
         return _qr(jax.vmap(matvec)(X).T).T
     X = _qr(X0.T).T
     X = jax.lax.fori_loop(0, iters, step, X)
-    return _rayleigh_ritz(matvec, X, iters * X.shape[0])
-
-
-def _rayleigh_ritz(matvec, X, products) -> Eigen:
-    AX = jax.vmap(matvec)(X)
-    theta, S = _eigh(X @ AX.T)
-    theta, S = theta[::-1], S[:, ::-1]
-    vectors, Avecs = S.T @ X, S.T @ AX
-    residuals = jnp.linalg.norm(Avecs - theta[:, None] * vectors, axis=1) / jnp.abs(theta)
-    return Eigen(theta, vectors, residuals, jnp.asarray(products + X.shape[0]))
+    k = X.shape[0]
+    return _ritz(X, jax.vmap(matvec)(X), k, k)._replace(products=jnp.asarray((iters + 1) * k))
 
 
 def lobpcg(matvec, X0, iters: int) -> Eigen:
     """LOBPCG (jax.experimental.sparse.linalg.lobpcg_standard) on k = X0.shape[0] vectors."""
     from jax.experimental.sparse.linalg import lobpcg_standard
     _, X, done = lobpcg_standard(lambda X: jax.vmap(matvec, in_axes=1, out_axes=1)(X), X0.T, m=iters)
-    return _rayleigh_ritz(matvec, X.T, done * X0.shape[0])
+    k = X0.shape[0]
+    return _ritz(X.T, jax.vmap(matvec)(X.T), k, k)._replace(products=(done + 1) * k)
 
 
 def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
@@ -212,13 +231,7 @@ def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
     `iters` products of a block of k vectors, plus k for the Ritz step.
     tol (Lanczos only): stop once every residual is below it (see `lanczos`).
     """
-    require(isinstance(k, int) and k >= 1, "k", f"got {k!r}", "use an integer >= 1")
-    require(isinstance(iters, int) and iters >= 1, "iters", f"got {iters!r}", "use an integer >= 1")
-    require(method in METHODS, "method", f"unknown value {method!r}", f"use one of {', '.join(METHODS)}")
-    require(tol is None or (isinstance(tol, (int, float)) and tol > 0), "tol", f"got {tol!r}",
-            "use a positive relative residual such as 1e-3, or None to run all iters")
-    require(tol is None or method == "lanczos", "tol", f"method {method!r} runs a fixed number of products",
-            "use method='lanczos' for a tolerance, or tol=None")
+    check_solver(k, iters, method, tol, mode)
     matvec, n, _ = flat_operator(loss_fn, params, precond, mode)
     require(k <= n, "k", f"k={k} exceeds the {n} parameters", f"use k <= {n}")
     dtype = ravel_pytree(params)[0].dtype
@@ -255,7 +268,7 @@ def spectral_norm(loss_fn: Callable, params, key, iters: int = 20, init=None):
     at the rate |lambda_2 / lambda_1|, and v = H v_{iters-1} / rho for the next warm
     start. Unlike Lanczos for lambda_max it also sees negative curvature, such as the
     +-s pairs of the saddle at theta = 0 of a small-initialized network."""
-    require(isinstance(iters, int) and iters >= 1, "iters", f"got {iters!r}", "use an integer >= 1")
+    check_solver(1, iters, "power")
     matvec, n, _ = flat_operator(loss_fn, params)
     dtype = ravel_pytree(params)[0].dtype
     v = _start_block(key, n, dtype, init, 1)[0]
@@ -289,7 +302,7 @@ def directional_curvature(loss_fn: Callable, params, direction, precond=None) ->
 def hutchinson_trace(loss_fn: Callable, params, key, samples: int = 16) -> tuple[jax.Array, jax.Array]:
     """tr H estimated as the mean of z^T H z over `samples` Rademacher vectors z
     (Hutchinson 1989). Returns (estimate, its standard error)."""
-    require(isinstance(samples, int) and samples >= 2, "samples", f"got {samples!r}", "use samples >= 2")
+    check_samples(samples)
     flat, unravel = ravel_pytree(params)
     z = jax.random.rademacher(key, (samples, flat.shape[0]), flat.dtype)
     quad = jax.vmap(lambda zi: jnp.dot(zi, ravel_pytree(hvp(loss_fn, params, unravel(zi)))[0]))(z)

@@ -3,7 +3,12 @@ the package (`engine/datasets/digits.npz`, scikit-learn's copy of the UCI digits
 read from a file the user names.
 
 A `Dataset` holds `x: [n, ...]`, `y: [n, d_out]` (float targets for MSE, one-hot
-for classification) and optionally a test split `x_test`, `y_test`.
+for classification) and optionally a test split `x_test`, `y_test`. Your own arrays:
+`Dataset(x, y)` with x of shape [n, features] (images [n, h, w, c]) and y of shape
+[n, d_out], e.g. `y[:, None]` for a scalar target and `one_hot(labels, classes)` for
+class labels; `check_dataset(dataset)` says what is wrong with one, naming the fix.
+`named("chebyshev-3-20" | "digits" | "path.npz", n_train)` picks one by name, as the
+experiments' configs do.
 """
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from importlib import resources
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import ConfigError, require
@@ -27,6 +31,33 @@ class Dataset(NamedTuple):
     @property
     def n(self) -> int:
         return self.x.shape[0]
+
+
+def _check_split(x, y, xname: str, yname: str) -> None:
+    require(np.ndim(x) >= 2, f"data.{xname}", f"has shape {np.shape(x)}: one number per example",
+            f"give {xname} as [n, features], e.g. {xname}[:, None] for one feature")
+    require(np.ndim(y) == 2, f"data.{yname}", f"has shape {np.shape(y)}",
+            f"give targets as [n, d_out], e.g. {yname}[:, None] for a scalar target")
+    require(np.shape(x)[0] == np.shape(y)[0], f"data.{yname}", f"{np.shape(y)[0]} targets for "
+            f"{np.shape(x)[0]} inputs", "give one target per input")
+    dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    require(np.issubdtype(dtype, np.floating), f"data.{yname}", f"holds {dtype} values (class labels?)",
+            "give float targets: one_hot(labels, classes) for classes, e.g. engine.data.one_hot(y, 10)")
+
+
+def check_dataset(data: Dataset) -> None:
+    """ConfigError, naming the field and the fix, unless `data` is a Dataset with
+    x: [n, ...] and float targets y: [n, d_out] (and likewise its test split)."""
+    require(isinstance(data, Dataset), "data", f"got {type(data).__name__}",
+            "build one with engine.data (e.g. engine.data.luo_points()) or engine.data.Dataset(x, y)")
+    _check_split(data.x, data.y, "x", "y")
+    require((data.x_test is None) == (data.y_test is None), "data.y_test",
+            "a test split needs both x_test and y_test", "give both, or neither")
+    if data.x_test is not None:
+        _check_split(data.x_test, data.y_test, "x_test", "y_test")
+        require(np.shape(data.x_test)[1:] == np.shape(data.x)[1:], "data.x_test",
+                f"has examples of shape {np.shape(data.x_test)[1:]}, x of {np.shape(data.x)[1:]}",
+                "give test inputs shaped like the training inputs")
 
 
 def _as_dataset(x, y, x_test=None, y_test=None) -> Dataset:
@@ -156,3 +187,21 @@ def from_npz(path, n: int | None = None, n_test: int | None = None, classes: int
     if standardize:
         x, xt = standardized(x.astype(np.float32), x), None if xt is None else standardized(xt.astype(np.float32), x)
     return _as_dataset(x, y, xt, yt)
+
+
+def named(name: str, n_train: int | None = None) -> Dataset:
+    """A data set by name: "chebyshev-K-N" (`chebyshev(K, N)`), "digits" (the first
+    `n_train` train), or the path of the user's .npz (images flattened, each pixel
+    standardized by the training images' mean and std, the first `n_train` kept)."""
+    require(isinstance(name, str), "data", f"got {name!r}", "use chebyshev-3-20, digits or a .npz path")
+    if name.startswith("chebyshev-"):
+        parts = name.split("-")
+        require(len(parts) == 3 and all(p.isdigit() for p in parts[1:]), "data", f"got {name!r}",
+                "write chebyshev-K-N, e.g. chebyshev-3-20")
+        return chebyshev(int(parts[1]), int(parts[2]))
+    if name == "digits":
+        return digits(n_train)
+    if name.endswith(".npz"):
+        return from_npz(name, n=n_train, flatten=True, standardize=True)
+    raise ConfigError("data", f"unknown data set {name!r}",
+                      "use chebyshev-K-N, digits, or the path of an .npz with x_train, y_train")

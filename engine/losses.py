@@ -5,6 +5,8 @@
   the Hessian of a linear model is X^T X / n and GD is stable iff lambda_max < 2/eta.
 - `cross_entropy`: softmax cross-entropy with one-hot (or soft) targets, mean over
   examples, computed from log-softmax (stable for large logits).
+- `power(k)`: L = sum f^k / k, whatever the target: with `engine.models.scalar()` the
+  degenerate polynomial x^k / k of one parameter (Bai et al. 2026; k = 2, a quadratic).
 """
 from __future__ import annotations
 
@@ -25,6 +27,14 @@ def cross_entropy(y_pred, y):
 def accuracy(y_pred, y):
     """Fraction of examples whose largest output is the target class (one-hot y)."""
     return jnp.mean(jnp.argmax(y_pred, -1) == jnp.argmax(y, -1))
+
+
+def power(k: int):
+    """The loss `sum(y_pred^k) / k` (targets ignored), named "power_k"."""
+    def loss(y_pred, y):
+        return jnp.sum(y_pred ** k) / k
+    loss.__name__ = f"power_{k}"
+    return loss
 
 
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy}

@@ -1,8 +1,12 @@
-"""Optax optimizers whose hyperparameters are traced values of a sweep.
+"""Optax optimizers whose hyperparameters live in their state, so a sweep can set them per run.
 
-An `Optimizer(name, defaults, ranges, build)` builds an `optax.GradientTransformation`
-from a dict of (possibly traced, vmapped) scalars: `build(hparams)`. The names in
-`defaults` are the hyperparameters it reads; a sweep may set any of them per run.
+An `Optimizer(name, defaults, ranges, tx)` is built once: `tx` is the optax
+transformation wrapped by `optax.inject_hyperparams`, so its state carries the
+hyperparameters (`state.hyperparams`: {name: scalar}, `[runs]` under a sweep) and its
+update reads them from there. `init(params, hparams)` starts a run with its own
+(possibly traced) values; `with_hyperparams(state, lr=...)` changes them mid-run (the
+step-size probe does, every record step); `preconditioner(state)` reads Adam's P from
+the same state. Nothing rebuilds an optimizer from a dict.
 
     gd        theta <- theta - lr g                                   (optax.sgd)
     momentum  v <- g + momentum v;  theta <- theta - lr v             (heavy ball)
@@ -21,84 +25,113 @@ Full batch by default; minibatch SGD is `gd` with `batch_size` set in
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from engine.errors import ConfigError, choose, require
+from engine.errors import POSITIVE, UNIT, ConfigError, Range, choose
+
+NONNEGATIVE = Range(0)
 
 
 class Optimizer(NamedTuple):
+    """name; defaults: {hyperparameter: value}; ranges: {hyperparameter: `errors.Range`};
+    tx: `optax.inject_hyperparams(factory)(**defaults)`, built once."""
     name: str
     defaults: dict
-    ranges: dict  # name -> (low, high): the closed interval a value must lie in
-    build: Callable[[dict], optax.GradientTransformation]
+    ranges: dict
+    tx: optax.GradientTransformation
+
+    def init(self, params, hparams: dict | None = None):
+        """The optimizer state of a run starting at `params`, holding the values in
+        `hparams` (scalars, traced in a sweep) of the hyperparameters this optimizer
+        reads; the others keep their defaults."""
+        own = {k: v for k, v in (hparams or {}).items() if k in self.defaults}
+        return with_hyperparams(self.tx.init(params), **own)
+
+    def check(self, name: str, value) -> None:
+        """ConfigError unless `value` lies in the range of hyperparameter `name`."""
+        allowed = self.ranges.get(name)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(name, f"{self.name} got {value!r}", f"use {allowed}")
 
 
-INF = math.inf
-_LR = (0.0, INF)
-_BETA = (0.0, 1.0)
-
-
-def _make(name, build, defaults, ranges):
+def _make(name, factory, defaults, ranges):
+    """The constructor `name(**overrides) -> Optimizer` of the optax `factory`, whose
+    keyword arguments are the hyperparameters."""
     def constructor(**overrides):
-        unknown = set(overrides) - set(defaults)
+        unknown = sorted(set(overrides) - set(defaults))
         if unknown:
-            raise ConfigError(f"optimizer.{sorted(unknown)[0]}",
-                              f"'{name}' has no hyperparameter {sorted(unknown)[0]!r}",
+            raise ConfigError(f"optimizer.{unknown[0]}", f"'{name}' has no hyperparameter {unknown[0]!r}",
                               f"use one of {', '.join(defaults)}")
-        return Optimizer(name, {**defaults, **overrides}, ranges, build)
+        values = {**defaults, **overrides}
+        opt = Optimizer(name, values, ranges, None)
+        for k, v in values.items():
+            opt.check(k, v)
+        return opt._replace(tx=optax.inject_hyperparams(factory)(**{k: float(v) for k, v in values.items()}))
     constructor.__name__ = name
     constructor.__doc__ = f"The '{name}' optimizer; hyperparameters and defaults: {defaults}."
     return constructor
 
 
-gd = _make("gd", lambda h: optax.sgd(h["lr"]), {"lr": 0.01}, {"lr": _LR})
-momentum = _make("momentum", lambda h: optax.sgd(h["lr"], momentum=h["momentum"]),
-                 {"lr": 0.01, "momentum": 0.9}, {"lr": _LR, "momentum": _BETA})
-nesterov = _make("nesterov", lambda h: optax.sgd(h["lr"], momentum=h["momentum"], nesterov=True),
-                 {"lr": 0.01, "momentum": 0.9}, {"lr": _LR, "momentum": _BETA})
-adam = _make("adam", lambda h: optax.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"]),
-             {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8},
-             {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF)})
-adamw = _make("adamw", lambda h: optax.adamw(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"],
-                                             weight_decay=h["weight_decay"]),
+def hyperparams(opt_state) -> dict:
+    """{name: value} of the hyperparameters held in an optimizer state."""
+    return opt_state.hyperparams
+
+
+def with_hyperparams(opt_state, **values):
+    """`opt_state` with the given hyperparameters replaced (each cast to the dtype the
+    state holds it in): how a run's own values, and a learning rate chosen mid-run,
+    reach the optimizer."""
+    held = opt_state.hyperparams
+    return opt_state._replace(hyperparams={**held, **{k: jnp.asarray(v, held[k].dtype) for k, v in values.items()}})
+
+
+_ADAPTIVE = {"lr": POSITIVE, "b1": UNIT, "b2": UNIT, "eps": NONNEGATIVE}
+
+gd = _make("gd", lambda lr: optax.sgd(lr), {"lr": 0.01}, {"lr": POSITIVE})
+momentum = _make("momentum", lambda lr, momentum: optax.sgd(lr, momentum=momentum),
+                 {"lr": 0.01, "momentum": 0.9}, {"lr": POSITIVE, "momentum": UNIT})
+nesterov = _make("nesterov", lambda lr, momentum: optax.sgd(lr, momentum=momentum, nesterov=True),
+                 {"lr": 0.01, "momentum": 0.9}, {"lr": POSITIVE, "momentum": UNIT})
+adam = _make("adam", lambda lr, b1, b2, eps: optax.adam(lr, b1=b1, b2=b2, eps=eps),
+             {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}, _ADAPTIVE)
+adamw = _make("adamw", lambda lr, b1, b2, eps, weight_decay: optax.adamw(lr, b1=b1, b2=b2, eps=eps,
+                                                                         weight_decay=weight_decay),
               {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
-              {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF), "weight_decay": (0.0, INF)})
+              {**_ADAPTIVE, "weight_decay": NONNEGATIVE})
+
+
 class RawAdamState(NamedTuple):
     mu: optax.Updates
     nu: optax.Updates
 
 
-def _raw_adam(h) -> optax.GradientTransformation:
+def _raw_adam(lr, b1, b2, eps) -> optax.GradientTransformation:
     """Adam's moment estimates without bias correction, scaled by -lr."""
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
         return RawAdamState(zeros, zeros)
 
     def update(g, state, params=None):
-        mu = jax.tree.map(lambda m, x: h["b1"] * m + (1 - h["b1"]) * x, state.mu, g)
-        nu = jax.tree.map(lambda v, x: h["b2"] * v + (1 - h["b2"]) * x * x, state.nu, g)
-        step = jax.tree.map(lambda m, v: -h["lr"] * m / (jnp.sqrt(v) + h["eps"]), mu, nu)
+        mu = jax.tree.map(lambda m, x: b1 * m + (1 - b1) * x, state.mu, g)
+        nu = jax.tree.map(lambda v, x: b2 * v + (1 - b2) * x * x, state.nu, g)
+        step = jax.tree.map(lambda m, v: -lr * m / (jnp.sqrt(v) + eps), mu, nu)
         return step, RawAdamState(mu, nu)
 
     return optax.GradientTransformation(init, update)
 
 
-adam_raw = _make("adam_raw", _raw_adam, {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 0.0},
-                 {"lr": _LR, "b1": _BETA, "b2": _BETA, "eps": (0.0, INF)})
-rmsprop = _make("rmsprop", lambda h: optax.rmsprop(h["lr"], decay=h["decay"], eps=h["eps"]),
-                {"lr": 1e-3, "decay": 0.9, "eps": 1e-8},
-                {"lr": _LR, "decay": _BETA, "eps": (0.0, INF)})
-adagrad = _make("adagrad", lambda h: optax.adagrad(h["lr"], eps=h["eps"]),
-                {"lr": 1e-2, "eps": 1e-7}, {"lr": _LR, "eps": (0.0, INF)})
-lion = _make("lion", lambda h: optax.lion(h["lr"], b1=h["b1"], b2=h["b2"],
-                                          weight_decay=h["weight_decay"]),
+adam_raw = _make("adam_raw", _raw_adam, {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 0.0}, _ADAPTIVE)
+rmsprop = _make("rmsprop", lambda lr, decay, eps: optax.rmsprop(lr, decay=decay, eps=eps),
+                {"lr": 1e-3, "decay": 0.9, "eps": 1e-8}, {"lr": POSITIVE, "decay": UNIT, "eps": NONNEGATIVE})
+adagrad = _make("adagrad", lambda lr, eps: optax.adagrad(lr, eps=eps),
+                {"lr": 1e-2, "eps": 1e-7}, {"lr": POSITIVE, "eps": NONNEGATIVE})
+lion = _make("lion", lambda lr, b1, b2, weight_decay: optax.lion(lr, b1=b1, b2=b2, weight_decay=weight_decay),
              {"lr": 1e-4, "b1": 0.9, "b2": 0.99, "weight_decay": 0.0},
-             {"lr": _LR, "b1": _BETA, "b2": _BETA, "weight_decay": (0.0, INF)})
+             {"lr": POSITIVE, "b1": UNIT, "b2": UNIT, "weight_decay": NONNEGATIVE})
 
 OPTIMIZERS = {f.__name__: f for f in (gd, momentum, nesterov, adam, adamw, adam_raw, rmsprop, adagrad, lion)}
 
@@ -106,16 +139,6 @@ OPTIMIZERS = {f.__name__: f for f in (gd, momentum, nesterov, adam, adamw, adam_
 def optimizer(name: str, **defaults) -> Optimizer:
     """The optimizer called `name` with default hyperparameters overridden by `defaults`."""
     return choose(name, OPTIMIZERS, "optimizer")(**defaults)
-
-
-def check_hyperparameter(opt: Optimizer, name: str, value: float) -> None:
-    """ConfigError unless `value` lies in the optimizer's range for `name`."""
-    if name not in opt.ranges:
-        return
-    lo, hi = opt.ranges[name]
-    if not (isinstance(value, (int, float)) and lo <= value <= hi) or (name == "lr" and value <= 0):
-        bound = "> 0" if name == "lr" else f"in [{lo}, {hi}]"
-        raise ConfigError(name, f"{opt.name} got {value!r}", f"use a number {bound}")
 
 
 # ----------------------------------------------------------------------------- preconditioners
@@ -128,7 +151,7 @@ def _find_state(opt_state, cls):
     return found[0] if found else None
 
 
-def preconditioner(opt_state, hparams: dict):
+def preconditioner(opt_state):
     """The diagonal preconditioner P (a pytree like params) read from optax's own state,
     so that the optimizer's next update is -lr P^-1 m (m the momentum, or the gradient):
 
@@ -138,20 +161,21 @@ def preconditioner(opt_state, hparams: dict):
     rmsprop (ScaleByRmsState):      P = sqrt(v + eps)
     adagrad (ScaleByRssState):      P = sqrt(sum g^2 + eps)
 
-    `hparams` holds b1, b2, eps as the optimizer was built with.
+    b1, b2 and eps are the values the state holds (`hyperparams`).
     """
+    h = hyperparams(opt_state)
     adam = _find_state(opt_state, optax.ScaleByAdamState)
     if adam is not None:
         t = adam.count.astype(jnp.result_type(float))
-        b1, b2, eps = hparams["b1"], hparams["b2"], hparams["eps"]
+        b1, b2, eps = h["b1"], h["b2"], h["eps"]
         defined = jnp.where(t > 0, 1.0, jnp.nan)
         return jax.tree.map(lambda v: defined * (1 - b1**t) * (jnp.sqrt(v / (1 - b2**t)) + eps), adam.nu)
     rms = _find_state(opt_state, optax.ScaleByRmsState)
     if rms is not None:
-        return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), rms.nu)
+        return jax.tree.map(lambda v: jnp.sqrt(v + h["eps"]), rms.nu)
     rss = _find_state(opt_state, optax.ScaleByRssState)
     if rss is not None:
-        return jax.tree.map(lambda v: jnp.sqrt(v + hparams["eps"]), rss.sum_of_squares)
+        return jax.tree.map(lambda v: jnp.sqrt(v + h["eps"]), rss.sum_of_squares)
     raise ConfigError("optimizer", "the optimizer state holds no diagonal preconditioner",
                       f"use one of {', '.join(PRECONDITIONED)}")
 

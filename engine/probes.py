@@ -1,12 +1,22 @@
 """What is measured along a run, every `every` steps, inside the compiled loop.
 
-A `Probe` measures quantities of a `Snapshot` of the run:
-`measure(snapshot, state) -> ({variable: value}, state)`, where `state` (from
-`init(params)`, or None) is what the probe carries from one measurement to the next,
-e.g. the previous top eigenvectors that warm-start the next eigen-solve. `outputs`
-names each variable's trailing dimensions, such as ("layer",) or ("eigen",). Values
-are fixed-size arrays, so a whole trajectory is one array.
+A `Probe` is a pair of pure functions, as an optax transformation is:
+`init(params) -> state` (or None: stateless) and
+`measure(snapshot, state) -> ({variable: value}, state)`, where `state` is what the
+probe carries from one measurement to the next (the previous top eigenvectors that
+warm-start the next eigen-solve, theta_0 for the relative change). `outputs` names
+each variable's trailing dimensions, such as ("layer",) or ("eigen",). Values are
+fixed-size arrays, so a whole trajectory is one array.
 
+`chain(*probes)` combines probes into one whose state is {probe name: its state}, as
+`optax.named_chain` does; a simulation measures the chain of its `probes=`. A probe
+that *sets* an optimizer hyperparameter (`sets`, e.g. `step_size` sets "lr") records
+the value under that name, and the run trains with it from that record step until the
+next; a chain measures such probes first and hands the others a snapshot whose
+optimizer state already holds the new value, so no probe's meaning depends on its
+position in the chain.
+
+Every probe measures the full training set, also under minibatch SGD (`loss_fn`).
 Built-in probes (names shared by every experiment; `probe(name)` or a factory below):
     loss, test_loss            training / test loss
     accuracy, test_accuracy    argmax accuracy (classification targets)
@@ -26,8 +36,8 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     directional_curvature                 g^T H g / g^T g, g the full gradient
     preconditioned_directional_curvature  (d^T H d)/(d^T P d), d = P^-1 g
     trace (+ trace_error)                 Hutchinson estimate of tr H
-    step_size (lr, hessian_norm)          the learning rate a run can afford, fraction * 2 / ||H||_2,
-                                          for `simulation(step_size=...)`
+    step_size (lr, hessian_norm)          sets the learning rate a run can afford,
+                                          lr = fraction * 2 / ||H||_2
 """
 from __future__ import annotations
 
@@ -39,38 +49,78 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from engine import curvature, losses
+from engine import curvature, losses, optim
 from engine.errors import ConfigError, require
 from engine.models import layers
-from engine.optim import preconditioner
 
 
 class Snapshot(NamedTuple):
-    """The run at a record step. `loss_fn(params) -> scalar` is the training loss on the
-    full training set, `objective(params, x, y)` the loss on any examples,
-    `predict(params, x)` the model; `first` is True (statically) for the measurement
-    at step 0, which has no previous state to warm-start from."""
+    """One run at a record step: what every probe measures. (Under a sweep a probe
+    still sees one run: the run axis is vmapped outside.)
+
+    params: pytree, theta_t; loss_fn(params) -> scalar: the training loss on the full
+    training set; objective(params, x [m, ...], y [m, d_out]) -> scalar: the loss on
+    any examples; predict(params, x [m, ...]) -> [m, d_out]: the model; data:
+    `engine.data.Dataset`; loss(y_pred, y) -> scalar; opt_state: the optimizer state,
+    its hyperparameters included (`engine.optim.hyperparams`: the values the next
+    interval trains with); update(grads, opt_state, params) -> (updates, opt_state):
+    the optimizer's step; key: this record's PRNG key; first: True (statically) for
+    the measurement at step 0, which has no previous state to warm-start from."""
     params: Any
-    params0: Any
     loss_fn: Callable
     objective: Callable
     predict: Callable
     data: Any
     loss: Callable
     opt_state: Any
-    optimizer: Any
-    hparams: dict
+    update: Callable
     key: jax.Array
     first: bool
 
 
 class Probe(NamedTuple):
+    """name; measure(snapshot, state) -> ({variable: value}, state); outputs: {variable:
+    its trailing dims}; init(params) -> state, or None when stateless; needs: among
+    {"test", "classification", "preconditioner"}, checked by `check`; coords: {dim:
+    coordinate values}; sets: the optimizer hyperparameters the probe chooses (each
+    also one of its variables); members: the probes of a chain."""
     name: str
     measure: Callable[[Snapshot, Any], tuple]
-    outputs: dict                     # variable -> its trailing dims
+    outputs: dict
     init: Callable[[Any], Any] | None = None
-    needs: frozenset = frozenset()    # among {"test", "classification", "preconditioner"}
-    coords: dict = {}                 # dim -> coordinate values
+    needs: frozenset = frozenset()
+    coords: dict = {}
+    sets: tuple = ()
+    members: tuple = ()
+
+    def check(self, data, optimizer) -> None:
+        """ConfigError, before anything compiles, if this probe (or a member of this
+        chain) cannot measure a run of `optimizer` on `data`."""
+        for p in self.members or (self,):
+            for need in sorted(p.needs):
+                NEEDS[need](p.name, data, optimizer)
+            for h in p.sets:
+                require(h in optimizer.defaults, "probes", f"probe {p.name!r} sets {h!r} and optimizer "
+                        f"'{optimizer.name}' has no such hyperparameter", f"use an optimizer with {h!r}, or drop the probe")
+
+
+def _needs_test(name, data, optimizer):
+    require(data.x_test is not None, "probes", f"probe {name!r} needs a test set and the data has none",
+            "give data with x_test/y_test or drop the probe")
+
+
+def _needs_classification(name, data, optimizer):
+    require(data.y.ndim == 2 and data.y.shape[1] > 1, "probes", f"probe {name!r} needs one-hot class "
+            f"targets, the data has {data.y.shape[-1]} output(s)", "drop the probe or use classification data")
+
+
+def _needs_preconditioner(name, data, optimizer):
+    require(optimizer.name in optim.PRECONDITIONED, "probes", f"probe {name!r} needs a diagonal "
+            f"preconditioner and optimizer '{optimizer.name}' has none",
+            f"use one of {', '.join(optim.PRECONDITIONED)}, or the unpreconditioned probe")
+
+
+NEEDS = {"test": _needs_test, "classification": _needs_classification, "preconditioner": _needs_preconditioner}
 
 
 def norm(tree) -> jax.Array:
@@ -89,7 +139,19 @@ def scalar(name: str, fn: Callable[[Snapshot], jax.Array], dims=(), needs=()) ->
                  needs=frozenset(needs))
 
 
+def from_start(name: str, fn: Callable[[Any, Any], jax.Array], dims=()) -> Probe:
+    """A probe recording `fn(theta_t, theta_0)` as the variable `name`; it keeps
+    theta_0 as its state."""
+    return Probe(name, lambda snap, params0: ({name: fn(snap.params, params0)}, params0),
+                 {name: tuple(dims)}, init=lambda params: params)
+
+
 # ----------------------------------------------------------------------------- curvature
+def _check_examples(examples) -> None:
+    require(examples is None or (isinstance(examples, int) and not isinstance(examples, bool) and examples >= 1),
+            "probes.examples", f"got {examples!r}", "use a number of examples >= 1, or None for all")
+
+
 def _loss_on(snap: Snapshot, examples: int | None) -> Callable:
     """The training loss on all examples, or on the fixed first `examples` of them (as
     the edge-of-stability literature measures sharpness on 5000 examples)."""
@@ -101,32 +163,17 @@ def _loss_on(snap: Snapshot, examples: int | None) -> Callable:
 
 def _preconditioner(snap: Snapshot, preconditioned: bool):
     """The optimizer's diagonal P from its state, or None for the plain Hessian."""
-    return preconditioner(snap.opt_state, snap.hparams) if preconditioned else None
+    return optim.preconditioner(snap.opt_state) if preconditioned else None
 
 
 def _key(snap: Snapshot, name: str):
     return jax.random.fold_in(snap.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def _check_curvature_args(k, iters, warm_iters, method, examples, tol=None):
-    require(isinstance(k, int) and k >= 1, "probes.k", f"got {k!r}", "use an integer >= 1")
-    for field, v in (("iters", iters), ("warm_iters", warm_iters)):
-        require(isinstance(v, int) and v >= k, f"probes.{field}", f"got {v!r} for k={k}",
-                "use an integer >= k")
-    require(method in curvature.METHODS, "probes.method", f"unknown value {method!r}",
-            f"use one of {', '.join(curvature.METHODS)}")
-    require(examples is None or (isinstance(examples, int) and examples >= 1), "probes.examples",
-            f"got {examples!r}", "use a number of examples >= 1, or None for all")
-    require(tol is None or (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0),
-            "probes.tol", f"got {tol!r}", "use a positive relative residual such as 1e-3, or None")
-    require(tol is None or method == "lanczos", "probes.tol",
-            f"method {method!r} runs a fixed number of products", "use method='lanczos', or tol=None")
-
-
 def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, preconditioned, mode, tol):
-    _check_curvature_args(k, iters, warm_iters, method, examples, tol)
-    require(mode in curvature.HVP_MODES, "probes.mode", f"unknown value {mode!r}",
-            f"use one of {', '.join(curvature.HVP_MODES)}")
+    curvature.check_solver(k, iters, method, tol, mode, prefix="probes.")
+    curvature.check_solver(k, warm_iters, method, tol, mode, prefix="probes.", iters_name="warm_iters")
+    _check_examples(examples)
     dims = ("eigen",) if k > 1 else ()
 
     def init(params):
@@ -152,8 +199,6 @@ def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, pr
     needs = frozenset({"preconditioner"}) if preconditioned else frozenset()
     return Probe(name, measure, {name: dims, residual_name: dims, products_name: ()}, init, needs,
                  {"eigen": list(range(k))} if k > 1 else {})
-
-
 def sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10, method: str = "lanczos",
               examples: int | None = None, mode: str = "forward_over_reverse",
               tol: float | None = None) -> Probe:
@@ -188,8 +233,7 @@ def preconditioned_sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10,
 def directional_curvature(examples: int | None = None, preconditioned: bool = False) -> Probe:
     """Curvature along the gradient g: g^T H g / g^T g; preconditioned: along the update
     direction d = P^-1 g, (d^T H d) / (d^T P d) (Bai et al. 2025). One HVP."""
-    require(examples is None or (isinstance(examples, int) and examples >= 1), "probes.examples",
-            f"got {examples!r}", "use a number of examples >= 1, or None for all")
+    _check_examples(examples)
     name = "preconditioned_directional_curvature" if preconditioned else "directional_curvature"
 
     def fn(snap):
@@ -202,8 +246,8 @@ def directional_curvature(examples: int | None = None, preconditioned: bool = Fa
 
 def trace(samples: int = 16, examples: int | None = None) -> Probe:
     """Hutchinson estimate of tr H (`trace`) and its standard error (`trace_error`)."""
-    require(isinstance(samples, int) and samples >= 2, "probes.samples", f"got {samples!r}",
-            "use samples >= 2")
+    curvature.check_samples(samples, prefix="probes.")
+    _check_examples(examples)
 
     def measure(snap, state):
         est, err = curvature.hutchinson_trace(_loss_on(snap, examples), snap.params,
@@ -214,11 +258,11 @@ def trace(samples: int = 16, examples: int | None = None) -> Probe:
 
 
 def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_max: float = 1e3) -> Probe:
-    """The learning rate a run can afford now: lr = min(lr_max, fraction * 2 / ||H||_2),
+    """Sets the learning rate a run can afford now: lr = min(lr_max, fraction * 2 / ||H||_2),
     ||H||_2 = max |lambda(H)| by power iteration (`engine.curvature.spectral_norm`),
     warm-started from the previous measurement (`iters` products at step 0, then
-    `warm_iters`). Records `lr` (used for the next `every` steps when given to
-    `engine.simulate.simulation(step_size=...)`) and `hessian_norm`.
+    `warm_iters`). Records `lr` and `hessian_norm`; the run trains with that `lr` for
+    the next `every` steps (`sets=("lr",)`), and every other probe of the chain sees it.
 
     GD on a quadratic is stable iff lr * lambda_max < 2, so fraction < 1 leaves a margin
     for the growth of the curvature between measurements; |lambda_min| counts too,
@@ -227,8 +271,8 @@ def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_ma
     retries of hand-written phase-diagram scripts (Luo et al. 2021)."""
     require(isinstance(fraction, (int, float)) and 0 < fraction <= 1, "probes.fraction",
             f"got {fraction!r}", "use a number in (0, 1]: the fraction of the stability limit 2/||H||")
-    for field, v in (("iters", iters), ("warm_iters", warm_iters)):
-        require(isinstance(v, int) and v >= 1, f"probes.{field}", f"got {v!r}", "use an integer >= 1")
+    curvature.check_solver(1, iters, "power", prefix="probes.")
+    curvature.check_solver(1, warm_iters, "power", prefix="probes.", iters_name="warm_iters")
     require(isinstance(lr_max, (int, float)) and 0 < lr_max < float("inf"), "probes.lr_max",
             f"got {lr_max!r}", "use a finite positive cap on the learning rate")
 
@@ -245,9 +289,7 @@ def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_ma
         state = {"vector": jnp.where(ok, v, state["vector"]), "lr": jnp.where(ok, lr, state["lr"])}
         return {"lr": state["lr"], "hessian_norm": rho}, state
 
-    return Probe("step_size", measure, {"lr": (), "hessian_norm": ()}, init)
-
-
+    return Probe("step_size", measure, {"lr": (), "hessian_norm": ()}, init, sets=("lr",))
 def unit_weights(layer) -> jax.Array:
     """Rows (w_k, b_k): the input weights of each output unit k of one layer, bias last.
     MLP layers {"w": [fan_in, m], "b": [m]}; flax Dense/Conv {"kernel": [..., m], "bias": [m]}
@@ -280,9 +322,12 @@ def neuron_weights(layer: str = "0", name: str = "neuron_weights") -> Probe:
 def loss_change(snap: Snapshot) -> jax.Array:
     """The change of the training loss over the step the run is about to take: the
     optimizer's update u from the current state, L(theta + u) - L(theta). Full batch."""
-    tx = snap.optimizer.build(snap.hparams)
-    updates, _ = tx.update(jax.grad(snap.loss_fn)(snap.params), snap.opt_state, snap.params)
+    updates, _ = snap.update(jax.grad(snap.loss_fn)(snap.params), snap.opt_state, snap.params)
     return snap.loss_fn(optax.apply_updates(snap.params, updates)) - snap.loss_fn(snap.params)
+
+
+def _per_layer(params, params0) -> jax.Array:
+    return jnp.stack([relative_change(p, p0) for (_, p), (_, p0) in zip(layers(params), layers(params0))])
 
 
 # ----------------------------------------------------------------------------- registry
@@ -299,11 +344,8 @@ BUILTIN = {
     "loss_change": lambda: scalar("loss_change", loss_change),
     "prediction": lambda: scalar("prediction", lambda s: s.predict(s.params, s.data.x), dims=("example", "output")),
     "grad_norm": lambda: scalar("grad_norm", lambda s: norm(jax.grad(s.loss_fn)(s.params))),
-    "relative_change": lambda: scalar("relative_change", lambda s: relative_change(s.params, s.params0)),
-    "relative_change_layer": lambda: scalar(
-        "relative_change_layer", lambda s: jnp.stack([relative_change(p, p0) for (_, p), (_, p0)
-                                                      in zip(layers(s.params), layers(s.params0))]),
-        dims=("layer",)),
+    "relative_change": lambda: from_start("relative_change", relative_change),
+    "relative_change_layer": lambda: from_start("relative_change_layer", _per_layer, dims=("layer",)),
     "sharpness": sharpness,
     "preconditioned_sharpness": preconditioned_sharpness,
     "directional_curvature": directional_curvature,
@@ -322,14 +364,48 @@ def probe(name: str) -> Probe:
     return BUILTIN[name]()
 
 
-def resolve(probes) -> tuple[Probe, ...]:
-    """Probe objects from names or `Probe`s; a ConfigError for an unknown name or a
-    variable recorded twice."""
+def chain(*probes) -> Probe:
+    """One probe that measures all of `probes` (names or `Probe`s; chains are
+    flattened). Its state is {name: that probe's state}; its variables are all of
+    theirs. Probes that set hyperparameters (`sets`) are measured first, and the others
+    see a snapshot whose optimizer state holds the values they set. ConfigError for an
+    unknown name, a name or variable used twice, or a hyperparameter set twice."""
+    require(len(probes) >= 1, "probes", "no probes given", "give a list of probe names, e.g. ('loss', 'sharpness')")
+    given = [p if isinstance(p, Probe) else probe(p) for p in probes]
+    members = tuple(m for p in given for m in (p.members or (p,)))
+    for what, names in (("probe", [m.name for m in members]), ("variable", [v for m in members for v in m.outputs]),
+                        ("set hyperparameter", [h for m in members for h in m.sets])):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError("probes", f"{what} {dup[0]!r} appears twice", "list each probe once")
+    setters, observers = [m for m in members if m.sets], [m for m in members if not m.sets]
+
+    def init(params):
+        return {m.name: m.init(params) if m.init is not None else None for m in members}
+
+    def measure(snap: Snapshot, state: dict):
+        values, state = {}, dict(state)
+        for m in setters:
+            v, state[m.name] = m.measure(snap, state[m.name])
+            values.update(v)
+        if setters:
+            snap = snap._replace(opt_state=optim.with_hyperparams(
+                snap.opt_state, **{h: values[h] for m in setters for h in m.sets}))
+        for m in observers:
+            v, state[m.name] = m.measure(snap, state[m.name])
+            values.update(v)
+        return values, state
+
+    return Probe("chain", measure, {v: d for m in members for v, d in m.outputs.items()}, init,
+                 coords={d: c for m in members for d, c in m.coords.items()},
+                 sets=tuple(h for m in setters for h in m.sets), members=members)
+
+
+def chain_of(probes) -> Probe:
+    """The chain of a `simulation(probes=...)` argument: a list or tuple of names and
+    `Probe`s, or one `Probe`."""
+    if isinstance(probes, Probe):
+        return chain(probes)
     require(isinstance(probes, (list, tuple)) and len(probes) >= 1, "probes", f"got {probes!r}",
             "give a list of probe names, e.g. ('loss', 'sharpness')")
-    out = tuple(p if isinstance(p, Probe) else probe(p) for p in probes)
-    names = [v for p in out for v in p.outputs]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError("probes", f"{dup[0]!r} is recorded twice", "list each probe once")
-    return out
+    return chain(*probes)

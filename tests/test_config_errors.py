@@ -87,7 +87,8 @@ CASES = {
     "empty npz arrays": ("x_train", lambda: data.from_npz(_npz_file(x_train=np.zeros((0, 3)),
                                                                     y_train=np.zeros(0)))),
     "step size fraction above 1": ("probes.fraction", lambda: probes.step_size(fraction=2.0)),
-    "step size with a probe that is no step size": ("step_size", lambda: two_layer(step_size="sharpness")),
+    "two probes setting the learning rate": ("probes", lambda: two_layer(
+        probes=("loss", probes.step_size(), probes.step_size(fraction=0.2)))),
     "neuron weights of a bad layer name": ("probes.name", lambda: probes.neuron_weights("0", name="two words")),
     "preconditioned probe with plain GD": ("probes", lambda: two_layer(probes=("preconditioned_sharpness",))),
     "preconditioned curvature with momentum": ("probes", lambda: two_layer(
@@ -96,6 +97,18 @@ CASES = {
         probes=(probes.sharpness(k=5, iters=3),))),
     "unknown eigen-solver": ("probes.method", lambda: probes.sharpness(method="arpack")),
     "stability threshold of lion": ("optimizer", lambda: optim.stability_threshold(optim.lion(), {})),
+    # what a new user tripped over: each gets its own line, not "outputs 1 values but the targets have 20"
+    "1-D inputs": ("data.x", lambda: simulate.simulation(
+        models.mlp((1, 4, 1)), data.Dataset(np.zeros(20, np.float32), np.zeros((20, 1), np.float32)))),
+    "1-D targets": ("data.y", lambda: simulate.simulation(
+        models.mlp((1, 4, 1)), data.Dataset(np.zeros((20, 1), np.float32), np.zeros(20, np.float32)))),
+    "integer class labels": ("data.y", lambda: simulate.simulation(
+        models.mlp((1, 4, 3)), data.Dataset(np.zeros((20, 1), np.float32), np.zeros((20, 1), np.int32)),
+        "cross_entropy")),
+    "two features into a one-input model": ("data.x", lambda: simulate.simulation(
+        models.mlp((1, 4, 1)), data.Dataset(np.zeros((20, 2), np.float32), np.zeros((20, 1), np.float32)))),
+    "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
+        lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
 }
 
 

@@ -140,14 +140,14 @@ def test_preconditioner_from_optax_state_reproduces_the_update(name):
     """-lr P^-1 m equals optax's update at every step, bias correction included."""
     opt = optim.optimizer(name, lr=0.05) if name != "adamw" else optim.adamw(lr=0.05, weight_decay=0.0)
     hp = opt.defaults
-    tx = opt.build(hp)
+    tx = opt.tx  # built once, its hyperparameters (the defaults) in its state
     loss_fn, params, _ = problem(widths=(3, 6, 2), n=10)
     state = tx.init(params)
     for t in range(1, 6):
         g = jax.grad(loss_fn)(params)
         update, state = tx.update(g, state, params)
-        P = optim.preconditioner(state, hp)
-        m = state[0].mu if name in ("adam", "adamw") else g
+        P = optim.preconditioner(state)
+        m = state.inner_state[0].mu if name in ("adam", "adamw") else g
         expected = jax.tree.map(lambda m, p: -hp["lr"] * m / p, m, P)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9), update, expected)
         params = optax.apply_updates(params, update)
@@ -156,7 +156,7 @@ def test_preconditioner_from_optax_state_reproduces_the_update(name):
 def test_adam_preconditioner_is_undefined_before_the_first_step():
     opt = optim.adam()
     _, params, _ = problem(widths=(2, 3, 1), n=4)
-    P = optim.preconditioner(opt.build(opt.defaults).init(params), opt.defaults)
+    P = optim.preconditioner(opt.init(params))
     assert all(bool(jnp.all(jnp.isnan(p))) for p in jax.tree.leaves(P))
 
 
@@ -197,7 +197,7 @@ def test_warm_started_sharpness_tracks_the_dense_answer_with_10_hvps(x64, lr, sk
     hp = {"lr": lr}
     state, rec = jax.jit(sim.init)(jax.random.key(0), hp, sim.data)
     assert float(rec["sharpness"]) == pytest.approx(dense_top(sim, state.params)[0], rel=1e-6)
-    advance = jax.jit(lambda s: sim.advance(s, hp, sim.data, 1))
+    advance = jax.jit(lambda s: sim.advance(s, sim.data, 1))
     for i in range(10):
         state, rec = advance(state)
         if i >= skip:
@@ -211,8 +211,8 @@ def test_preconditioned_probes_in_an_adam_run_match_dense(x64):
     hp = {}
     state, rec0 = jax.jit(sim.init)(jax.random.key(1), hp, sim.data)
     assert np.isnan(rec0["preconditioned_sharpness"])  # P is undefined before Adam's first step
-    state, rec = jax.jit(lambda s: sim.advance(s, hp, sim.data, 2))(state)
-    P = optim.preconditioner(state.opt_state, {**sim.defaults})
+    state, rec = jax.jit(lambda s: sim.advance(s, sim.data, 2))(state)
+    P = optim.preconditioner(state.opt_state)
     assert float(rec["preconditioned_sharpness"][-1]) == pytest.approx(dense_top(sim, state.params, 1, P)[0], rel=1e-3)
     assert np.isfinite(rec["preconditioned_directional_curvature"]).all()
 
@@ -221,7 +221,7 @@ def test_sweep_of_64_runs_records_sharpness_inside_the_scan_and_equals_per_run()
     sim = digits_sim(("loss", "sharpness", "directional_curvature", "trace"), steps=30, every=10, examples=100)
     # No host callback anywhere in the compiled advance: every HVP stays on the device.
     state, _ = sim.init(jax.random.key(0), {"lr": 0.1}, sim.data)
-    jaxpr = str(jax.make_jaxpr(lambda s: sim.advance(s, {"lr": 0.1}, sim.data, 3))(state))
+    jaxpr = str(jax.make_jaxpr(lambda s: sim.advance(s, sim.data, 3))(state))
     assert "callback" not in jaxpr and "eigh" in jaxpr  # the eigenproblem is solved in the program
     ds = sweep.sweep(sim, grid={"lr": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]}, seeds=8, strategy="vmap")
     assert ds.sharpness.sizes == {"seed": 8, "lr": 8, "step": 4}
@@ -272,8 +272,8 @@ def test_step_size_probe_sets_the_learning_rate_of_the_next_interval(x64):
     model = models.mlp((3, 1), "linear")
     x = jax.random.normal(jax.random.key(0), (16, 3))
     d = data.Dataset(x, x @ jnp.array([[1.0], [-2.0], [0.5]]))
-    sim = simulate.simulation(model, d, "mse", optim.gd(lr=123.0), steps=20, every=5, probes=("loss",),
-                              step_size=probes.step_size(0.4, iters=100))
+    sim = simulate.simulation(model, d, "mse", optim.gd(lr=123.0), steps=20, every=5,
+                              probes=("loss", probes.step_size(0.4, iters=100)))
     traj = sim.run(jax.random.key(1))
     xa = np.concatenate([np.asarray(x), np.ones((16, 1))], axis=1)
     lam = np.linalg.eigvalsh(xa.T @ xa / 16).max()
@@ -290,8 +290,8 @@ def test_under_a_step_size_probe_loss_change_uses_the_lr_of_the_step_it_predicts
     from engine import probes
     model = models.mlp((1, 8, 1), "tanh")
     sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(lr=123.0), init.scaled(model),
-                              steps=12, every=1, probes=("loss", "loss_change"),
-                              step_size=probes.step_size(0.9, iters=30, warm_iters=30))
+                              steps=12, every=1,
+                              probes=("loss", "loss_change", probes.step_size(0.9, iters=30, warm_iters=30)))
     traj = sim.run(jax.random.key(1))
     assert np.ptp(traj["lr"]) > 1e-3 * traj["lr"].mean()  # the lr changes from record to record
     np.testing.assert_allclose(traj["loss_change"][:-1], np.diff(traj["loss"]), rtol=1e-9, atol=1e-15)

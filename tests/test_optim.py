@@ -18,10 +18,11 @@ DIRECT = {
 }
 
 
-def descend(tx, steps=5):
+def descend(tx, start=None, steps=5):
+    """`steps` updates of `tx` from `start(params)` (default `tx.init`)."""
     loss = lambda p: jnp.sum((p["a"] - 1.0) ** 4) + jnp.sum(p["b"] ** 2)
     params = {"a": jnp.array([0.3, -0.2]), "b": jnp.array([2.0])}
-    state = tx.init(params)
+    state = tx.init(params) if start is None else start(params)
     for _ in range(steps):
         u, state = tx.update(jax.grad(loss)(params), state, params)
         params = optax.apply_updates(params, u)
@@ -32,7 +33,7 @@ def descend(tx, steps=5):
 def test_traced_vmapped_hyperparameters_equal_plain_optax(name):
     opt = optim.optimizer(name)
     lrs = jnp.array([opt.defaults["lr"], 3 * opt.defaults["lr"]])
-    traced = jax.jit(jax.vmap(lambda lr: descend(opt.build({**opt.defaults, "lr": lr}))))(lrs)
+    traced = jax.jit(jax.vmap(lambda lr: descend(opt.tx, lambda p: opt.init(p, {"lr": lr}))))(lrs)
     for i, lr in enumerate(lrs.tolist()):
         plain = descend(DIRECT[name]({**opt.defaults, "lr": lr}))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-7), traced, plain)
@@ -40,7 +41,7 @@ def test_traced_vmapped_hyperparameters_equal_plain_optax(name):
 
 def test_adam_raw_has_no_bias_correction_and_allows_eps_zero():
     opt = optim.adam_raw(lr=0.1, b1=0.9, b2=0.99, eps=0.0)
-    tx = opt.build(opt.defaults)
+    tx = opt.tx
     x = jnp.array([1.0, -2.0])
     state = tx.init(x)
     m = v = np.zeros(2)

@@ -68,7 +68,24 @@ def test_minibatch_sgd_is_deterministic_per_key():
 def test_per_layer_relative_change(tiny_sim):
     sim = tiny_sim(steps=40, every=40, probes=("relative_change_layer",))
     state, _ = sim.init(jax.random.key(0), {"gamma": 0.5}, sim.data)
-    state, recs = sim.advance(state, {"gamma": 0.5}, sim.data, 1)
-    expected = [probes.relative_change(p, p0) for p, p0 in zip(state.params, state.params0)]
+    state, recs = sim.advance(state, sim.data, 1)
+    params0 = state.probe_state["relative_change_layer"]  # theta_0, kept by the probe that needs it
+    expected = [probes.relative_change(p, p0) for p, p0 in zip(state.params, params0)]
     np.testing.assert_allclose(recs["relative_change_layer"][-1], expected, rtol=1e-6)
     assert sim.probe_coords["layer"] == ["0", "1"]
+
+
+def test_probe_order_does_not_change_any_record(tiny_sim):
+    """Probes compose like optax transformations: permuted, with the step-size probe first,
+    in the middle or last, every record is bit for bit the same (the step-size probe sets
+    the next interval's lr before any other probe measures, wherever it is listed)."""
+    chosen = ["loss", "grad_norm", "loss_change", "relative_change", probes.step_size(0.5),
+              probes.sharpness(iters=10), "param_norm"]
+    orders = [chosen, chosen[::-1], chosen[4:] + chosen[:4]]
+    trajs = [jax.jit(tiny_sim(steps=60, every=10, probes=tuple(order)).run)(jax.random.key(3), {"gamma": 0.5})
+             for order in orders]
+    assert set(trajs[0]) == set(trajs[1]) == set(trajs[2])
+    assert float(np.ptp(trajs[0]["lr"])) > 0  # the step size did change between intervals
+    for traj in trajs[1:]:
+        for name in trajs[0]:
+            np.testing.assert_array_equal(traj[name], trajs[0][name], err_msg=name)
