@@ -1,9 +1,10 @@
 """Checkpoints of a sweep between segments, so a killed sweep resumes where it stopped.
 
-A sweep run under `checkpointing(directory)` (or given `checkpoint=directory`) writes,
-for every chunk of runs it is advancing, the run state after each segment
-(`<part>/chunk-<i>.state.npz`: params, optimizer and probe states, eigenvector warm
-starts, keys, flags, the next segment index) and that segment's records
+A sweep given `checkpoint=DIR` owns the folder `DIR/<its name>` and writes there, for
+every chunk of runs it is advancing, the run state after each segment
+(`part-<p>/chunk-<i>.state.npz`, p the static combination: params, optimizer state
+with its hyperparameters, probe states such as eigenvector warm starts, keys, flags,
+the next segment index) and that segment's records
 (`chunk-<i>.seg-<j>.npz`); a finished chunk becomes one `chunk-<i>.done.npz`. Every file
 is written to a temporary name, flushed and renamed (`replacing`), so a crash leaves
 either the old file or the new one, never half of one; a rerun first deletes the
@@ -26,31 +27,9 @@ import numpy as np
 
 from engine.errors import ConfigError
 
-_ACTIVE: list = []  # the directory of the enclosing `checkpointing` block and a sweep counter
-
-
-@contextlib.contextmanager
-def checkpointing(directory):
-    """Every `engine.sweep.sweep` call inside the block checkpoints into
-    `directory/sweep-<n>` (n counts the calls, so a resumed experiment that runs several
-    sweeps in the same order finds each one's checkpoint)."""
-    _ACTIVE.append([Path(directory), 0])
-    try:
-        yield Path(directory)
-    finally:
-        _ACTIVE.pop()
-
-
-def next_directory() -> Path | None:
-    """The checkpoint folder for the next sweep inside `checkpointing`, or None."""
-    if not _ACTIVE:
-        return None
-    entry = _ACTIVE[-1]
-    entry[1] += 1
-    return entry[0] / f"sweep-{entry[1] - 1}"
-
 
 def fingerprint(obj) -> str:
+    """A short hash of a JSON-able description (of a sweep)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -152,3 +131,20 @@ def load_state(path: Path, like):
         out.append(jax.device_put(x, ref.sharding))
     extra = {k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")}
     return jax.tree.unflatten(treedef, out), extra
+
+
+def chunk_files(folder: Path, ci: int) -> dict:
+    """The files of chunk `ci` in a sweep's checkpoint folder: "done" (its records and
+    flags once finished), "state" (the state after the last saved segment) and
+    "seg"(j) (segment j's records)."""
+    return {"done": folder / f"chunk-{ci}.done.npz", "state": folder / f"chunk-{ci}.state.npz",
+            "seg": lambda j: folder / f"chunk-{ci}.seg-{j}.npz"}
+
+
+def finish_chunk(files: dict, n_segments: int, records: dict, flags: dict) -> None:
+    """Replace a finished chunk's segment files and state by one "done" file."""
+    save_arrays(files["done"], {**{f"rec_{n}": v for n, v in records.items()},
+                                **{f"flag_{f}": v for f, v in flags.items()}})
+    for j in range(n_segments):
+        files["seg"](j).unlink(missing_ok=True)
+    files["state"].unlink(missing_ok=True)

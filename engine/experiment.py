@@ -1,30 +1,35 @@
-"""The experiment contract (DESIGN.md), shared by every module in `experiments/`:
+"""The experiment contract, shared by every module in `experiments/` (README,
+"Experiments"):
 
     python -m experiments.<name> [--preset quick|paper] [--out DIR] [--seeds N]
                                  [--set key=value ...] [--x64] [--no-progress]
     python -m experiments.<name> --resume DIR
 
-An experiment module defines `NAME`, `PRESETS` ({"quick": {...}, "paper": {...}}: the
-full config as plain data), optionally `RANGES` ({field: `engine.errors.Range`}: the
-values a field may take, checked before anything is written or compiled),
-`run_sweep(config) -> xarray.Dataset`, `summarize(ds, config) -> dict` (the numbers
-the experiment exists for and each claim's verdict under "claims") and
-`figures(ds, config, out_dir) -> [paths]`. `run` resolves the config, runs the sweep,
-and writes into DIR: results.nc, config.json, summary.json and the figures, which are
-drawn from the saved results. While the sweep
-runs it checkpoints into DIR/checkpoint after every segment (`engine.checkpoint`);
-`--resume DIR` continues a sweep that was killed, with the config saved beside its
-checkpoint, and gives the results an uninterrupted run would have given. Every file is
-written atomically (`engine.checkpoint.replacing`), and a previous run's files in DIR
-are replaced only once the new results exist.
+An experiment module defines
+- `NAME` and `PRESETS` ({"quick": {...}, "paper": {...}}: the full config as plain data);
+- optionally `RANGES` ({field: `engine.errors.Range`}: the values a field may take,
+  checked before anything is written or compiled);
+- `run_sweep(config, **options) -> xarray.Dataset`, which passes `options` (progress,
+  checkpoint folder) on to each `engine.sweep.sweep` it runs, each sweep with its own
+  `name` when there are several;
+- `summarize(ds, config) -> dict`: the numbers the experiment exists for and each
+  claim's verdict under "claims";
+- `figures(ds, config, out_dir) -> [paths]`.
+
+`run` checks the config, runs the sweeps, and writes into DIR: results.nc,
+config.json, summary.json and the figures, which are drawn from the saved results.
+While the sweeps run they checkpoint into DIR/checkpoint/<sweep name> after every
+segment (`engine.checkpoint`); `--resume DIR` continues a run that was killed, with the
+config saved beside its checkpoint, and gives the results an uninterrupted run would
+have given. Every file is written atomically (`engine.checkpoint.replacing`), and a
+previous run's files in DIR are replaced only once the new results exist. `--x64`
+computes in float64 for the whole run (`engine.sweep.precision`), restored after it.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import importlib.metadata as md
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -82,16 +87,6 @@ def _like(key: str, raw: str, value, old):
     return value
 
 
-def versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("jax", "jaxlib", "optax", "flax", "chex", "numpy", "xarray", "matplotlib"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def _write_json(path: Path, obj) -> None:
     from engine.checkpoint import replacing
     with replacing(path) as tmp:
@@ -104,10 +99,11 @@ def _jsonable(x):
     return str(x)
 
 
-def run(module, config: dict, out_dir, progress: bool | None = None, resume: bool = False) -> dict:
+def run(module, config: dict, out_dir, progress: bool | None = None, resume: bool = False,
+        x64: bool = False) -> dict:
     """Run `module` with `config` and write the contract's files into `out_dir`;
     returns the summary. resume: continue from the checkpoint in `out_dir/checkpoint`
-    (otherwise a stale one there is discarded)."""
+    (otherwise a stale one there is discarded); x64: compute in float64."""
     import shutil
 
     import jax
@@ -122,22 +118,22 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
     if not resume:
         shutil.rmtree(saved, ignore_errors=True)
     saved.mkdir(exist_ok=True)
-    device = jax.devices()[0]
-    meta = {"experiment": module.NAME, "config": config, "versions": versions(),
-            "x64": bool(jax.config.jax_enable_x64), "device": f"{device.platform}:{device.device_kind}",
-            "device_count": jax.device_count()}
-    # While it runs, the config lives beside the checkpoint: a previous run's
-    # config.json, results.nc and summary.json stay together until this one has results.
-    _write_json(saved / "config.json", meta)
-    t0 = time.perf_counter()
-    try:
-        with checkpoint.checkpointing(saved):
-            ds = module.run_sweep({**config, "progress": progress})
-    except ConfigError:
-        shutil.rmtree(saved, ignore_errors=True)
-        if created:  # a config that never ran leaves no output folder behind
-            out.rmdir()
-        raise
+    with sweep.precision(True if x64 else None):
+        device = jax.devices()[0]
+        meta = {"experiment": module.NAME, "config": config, "versions": sweep.versions(),
+                "x64": bool(jax.config.jax_enable_x64), "device": f"{device.platform}:{device.device_kind}",
+                "device_count": jax.device_count()}
+        # While it runs, the config lives beside the checkpoint: a previous run's
+        # config.json, results.nc and summary.json stay together until this one has results.
+        _write_json(saved / "config.json", meta)
+        t0 = time.perf_counter()
+        try:
+            ds = module.run_sweep(config, progress=progress, checkpoint=saved)
+        except ConfigError:
+            shutil.rmtree(saved, ignore_errors=True)
+            if created:  # a config that never ran leaves no output folder behind
+                out.rmdir()
+            raise
     elapsed = time.perf_counter() - t0
     for stale in ("summary.json", "results.nc"):
         (out / stale).unlink(missing_ok=True)
@@ -167,11 +163,8 @@ def _resume(module, args) -> dict:
     if saved.get("experiment") != module.NAME:
         raise ConfigError("--resume", f"{out} holds a run of {saved.get('experiment')!r}, not {module.NAME!r}",
                           f"use python -m experiments.{saved.get('experiment')} --resume {out}")
-    if saved.get("x64"):
-        import jax
-        jax.config.update("jax_enable_x64", True)
-    config = {k: v for k, v in saved["config"].items() if k != "progress"}
-    summary = run(module, config, out, progress=False if args.no_progress else None, resume=True)
+    summary = run(module, saved["config"], out, progress=False if args.no_progress else None, resume=True,
+                  x64=bool(saved.get("x64")))
     print(json.dumps(summary, indent=2, default=_jsonable))
     return summary
 
@@ -201,11 +194,8 @@ def main(module, argv=None) -> dict:
             if args.seeds < 1:
                 raise ConfigError("--seeds", f"got {args.seeds}", "use a number of seeds >= 1")
             config["seeds"] = args.seeds
-        if args.x64:
-            import jax
-            jax.config.update("jax_enable_x64", True)
         summary = run(module, config, args.out or f"runs/{module.NAME}",
-                      progress=False if args.no_progress else None)
+                      progress=False if args.no_progress else None, x64=args.x64)
     except ConfigError as e:
         p.exit(2, f"error: {e}\n")
     print(json.dumps(summary, indent=2, default=_jsonable))

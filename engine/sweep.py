@@ -14,13 +14,17 @@ flattened to one run axis r = seed_index * n_grid + grid_index, which is
   unless given); the last chunk is padded with copies, which are dropped;
 - sharded over the local devices (`jax.shard_map` on a 1-D mesh named "runs");
 - advanced in segments of record intervals, one progress-bar tick per segment;
-- checkpointed after every segment when given `checkpoint=DIR` (or run inside
-  `engine.checkpoint.checkpointing(DIR)`): a killed sweep rerun with the same arguments
-  resumes from its last segment and returns the same results bit for bit.
+- checkpointed after every segment when given `checkpoint=DIR` (into `DIR/<name>`,
+  so the sweeps of one experiment share a folder by name): a killed sweep rerun with
+  the same arguments resumes from its last segment and returns the same results bit
+  for bit;
+- compiled once per simulation and shapes: the programs are kept on the `Simulation`,
+  so a second identical sweep compiles nothing.
 
 Static axes (`static`: name -> values, e.g. width, depth, activation) change shapes, so
 `build(**values) -> Simulation` is called and compiled once per combination and the
-results are joined on their coordinates.
+results are joined on their coordinates (so static values are numbers or names).
+`x64=True` computes the sweep in float64 (`precision`), restoring JAX's setting after.
 
 Run r with seed s uses the key `fold_in(key(base_seed), s)`: seed s is the same run
 whatever else is in the sweep. Measured on CPU (tests/test_sweep.py): its trajectory
@@ -38,6 +42,8 @@ flags `diverged`, `diverged_step`, `converged`, `converged_step` with dims
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import inspect
 import itertools
 import json
@@ -46,15 +52,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import checkpoint as checkpoint_module
-from engine.errors import ConfigError, require
+from engine import checkpoint
+from engine.errors import FINITE, ConfigError, require
 from engine.simulate import FLAGS, Simulation
 
 STRATEGIES = ("auto", "vmap", "map")
@@ -96,6 +102,21 @@ def _check_grid(grid: dict) -> dict:
     return out
 
 
+def _check_static(static) -> dict:
+    """{name: values}, each value able to label a coordinate: all numbers or all names."""
+    require(isinstance(static, dict), "static", f"got {type(static).__name__}",
+            "give a dict of name -> list of values")
+    out = {}
+    for name, values in static.items():
+        values = _check_values(f"static[{name!r}]", values)
+        numbers, names = all(v in FINITE for v in values), all(isinstance(v, str) for v in values)
+        require(numbers or names, f"static[{name!r}]", f"got {values!r}: a coordinate holds numbers or names",
+                "use finite numbers or strings" + ("; for full batch, batch_size = the number of examples"
+                                                   if None in values else ""))
+        out[name] = values
+    return out
+
+
 def _builder(simulation, static: dict) -> Callable[..., Simulation]:
     if not static:
         require(isinstance(simulation, Simulation), "simulation", f"got {type(simulation).__name__}",
@@ -114,19 +135,29 @@ def _builder(simulation, static: dict) -> Callable[..., Simulation]:
 
 
 # ----------------------------------------------------------------------------- memory
+class Footprint(NamedTuple):
+    """Estimated bytes of one run. run: while it trains (its state -- params, optimizer
+    and probe states -- four times over for gradients and updates, its records, the
+    activations of a forward-backward pass over the data); step: what one training step
+    touches (parameters, gradient, update and moments ~8 copies, ~8 per activation)."""
+    run: int
+    step: int
+
+
 def _nbytes(tree) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
                    if hasattr(x, "dtype") and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)))
 
 
-def bytes_per_run(sim: Simulation) -> int:
-    """A conservative estimate of one run's memory while it trains: its state (params,
-    theta_0, optimizer and probe states) several times over for gradients and updates,
-    its records, and the activations of a forward-backward pass over the data."""
+def footprint(sim: Simulation) -> Footprint:
+    """The memory estimate of one run of `sim` (float32 units), from the shapes of its
+    state and records; activations count the data's examples times the larger of the
+    summed layer widths and the input's features."""
     state, rec = jax.eval_shape(lambda: sim.init(jax.random.key(0), {}, sim.data))
-    width_sum = sum(fo for _, fo in sim.config.get("layer_shapes", ())) or 1
-    activations = 3 * 4 * sim.data.n * max(width_sum, int(np.prod(sim.data.x.shape[1:])))
-    return 4 * _nbytes(state) + _nbytes(rec) * len(sim.record_steps) + activations
+    widths = sum(fo for _, fo in sim.config.get("layer_shapes", ()))
+    activations = 4 * sim.data.n * max(widths, int(np.prod(sim.data.x.shape[1:])))
+    return Footprint(run=4 * _nbytes(state) + _nbytes(rec) * len(sim.record_steps) + 3 * activations,
+                     step=8 * (4 * sim.config["n_params"] + activations))
 
 
 def memory_budget_bytes(devices) -> int:
@@ -144,19 +175,12 @@ def memory_budget_bytes(devices) -> int:
 CACHE_BUDGET_BYTES = 256 * 1024
 
 
-def working_set_bytes(sim: Simulation) -> int:
-    """Bytes one training step of one run touches: parameters and their gradient,
-    update and optimizer moments (~8 copies), and the activations of a forward-backward
-    pass over the training data (~8 per unit)."""
-    units = sum(fo for _, fo in sim.config.get("layer_shapes", ())) or int(np.prod(sim.data.x.shape[1:]))
-    return 4 * 8 * (sim.config["n_params"] + sim.data.n * units)
-
-
-def choose_strategy(sim: Simulation, platform: str, chunk: int) -> tuple[str, int | None]:
+def choose_strategy(step_bytes: int, platform: str, chunk: int) -> tuple[str, int | None]:
     """(strategy, map_batch) for a chunk of runs.
 
     On an accelerator: vmap the whole chunk. On CPU: `lax.map` over groups of b runs,
-    b the largest power of two whose working set fits `CACHE_BUDGET_BYTES`, so that a
+    b the largest power of two whose working set (b * `step_bytes`, one run's
+    `Footprint.step`) fits `CACHE_BUDGET_BYTES`, so that a
     group's parameters and activations stay in cache across its steps; one wide vmap
     streams every run through memory each step. On 2 cores (the `batching_w*` records
     of benchmarks/results/) the pick is within the ~20% run-to-run noise of the best
@@ -165,7 +189,7 @@ def choose_strategy(sim: Simulation, platform: str, chunk: int) -> tuple[str, in
     """
     if platform != "cpu":
         return "vmap", None
-    fit = max(1, CACHE_BUDGET_BYTES // working_set_bytes(sim))
+    fit = max(1, CACHE_BUDGET_BYTES // step_bytes)
     b = 2 ** int(math.log2(fit))
     if b >= chunk:
         return "vmap", None
@@ -173,11 +197,10 @@ def choose_strategy(sim: Simulation, platform: str, chunk: int) -> tuple[str, in
 
 
 def _batched(f, strategy, map_batch):
-    """f(per_run, per_run, shared) -> f over a leading run axis of the first two args."""
+    """f(per_run, shared) -> f over a leading run axis of `per_run` (a pytree)."""
     if strategy == "vmap":
-        return jax.vmap(f, in_axes=(0, 0, None))
-    return lambda a, b, shared: jax.lax.map(lambda ab: f(ab[0], ab[1], shared), (a, b),
-                                            batch_size=map_batch)
+        return jax.vmap(f, in_axes=(0, None))
+    return lambda runs, shared: jax.lax.map(lambda run: f(run, shared), runs, batch_size=map_batch)
 
 
 def _sharded(f, devices):
@@ -187,7 +210,7 @@ def _sharded(f, devices):
     mesh = Mesh(np.array(devices), ("runs",))
     # Runs never talk to each other (no collectives), so the varying-axes check, which
     # trips over loop carries built from replicated constants (Lanczos), is off.
-    return jax.shard_map(f, mesh=mesh, in_specs=(P("runs"), P("runs"), P()), out_specs=P("runs"),
+    return jax.shard_map(f, mesh=mesh, in_specs=(P("runs"), P()), out_specs=P("runs"),
                          check_vma=False)
 
 
@@ -207,7 +230,8 @@ def _segment_length(intervals: int, segment: int | None) -> int:
 def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = None, *,
           chunk: int | None = None, memory_budget_mb: float | None = None,
           strategy: str = "auto", map_batch: int | None = None, segment: int | None = None,
-          devices=None, base_seed: int = 0, progress: bool | None = None, checkpoint=None) -> xr.Dataset:
+          devices=None, base_seed: int = 0, progress: bool | None = None, checkpoint=None,
+          name: str = "sweep", x64: bool | None = None) -> xr.Dataset:
     """Run every (seed x grid) combination; see the module docstring.
 
     simulation: a `Simulation`, or with `static` a builder `build(**static) -> Simulation`;
@@ -216,65 +240,68 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
     memory_budget_mb: the budget `chunk` is chosen for; strategy: "auto", "vmap" or
     "map" (`map_batch` runs at a time); segment: record intervals per compiled call;
     devices: the devices the run axis is sharded over (default all local ones);
-    checkpoint: a folder to checkpoint into and resume from (`engine.checkpoint`).
+    checkpoint: a folder; this sweep checkpoints into and resumes from its subfolder
+    `name` (`engine.checkpoint`); name: what the sweep is called (its checkpoint folder,
+    its progress bar); x64: compute in float64 (True) or float32 (False), or as JAX is
+    configured (None).
     """
-    grid = _check_grid({} if grid is None else grid)
-    static = {} if static is None else static
-    require(isinstance(static, dict), "static", f"got {type(static).__name__}",
-            "give a dict of name -> list of values")
-    static = {k: _check_values(f"static[{k!r}]", v) for k, v in static.items()}
-    both = set(grid) & set(static)
-    require(not both, "grid", f"{sorted(both)} appear in both grid and static",
-            "put each axis in one of them")
-    seeds = seed_values(seeds)
-    require(strategy in STRATEGIES, "strategy", f"unknown value {strategy!r}",
-            f"use one of {', '.join(STRATEGIES)}")
-    if map_batch is not None:
-        require(isinstance(map_batch, int) and map_batch >= 1, "map_batch", f"got {map_batch!r}",
-                "use an integer >= 1")
-    if chunk is not None:
-        require(isinstance(chunk, int) and chunk >= 1, "chunk", f"got {chunk!r}", "use an integer >= 1")
-    devices = list(jax.local_devices() if devices is None else devices)
-    require(len(devices) >= 1, "devices", "no devices given", "omit devices= to use all local ones")
-    build = _builder(simulation, static)
-    combos = [dict(zip(static, vals)) for vals in itertools.product(*static.values())]
-    sims = [build(**c) for c in combos]  # builds shapes only: no compilation yet
-    for c, sim in zip(combos, sims):
-        require(isinstance(sim, Simulation), "simulation",
-                f"the builder returned {type(sim).__name__} for {c}", "return engine.simulate.simulation(...)")
-        for name, values in grid.items():
-            for v in values:
-                sim.check_hparams({name: v})
-    budget = (memory_budget_bytes(devices) if memory_budget_mb is None
-              else int(memory_budget_mb * 2**20))
-    plans = [_plan(sim, len(seeds) * _size(grid), chunk, budget, devices, strategy, map_batch, segment)
-             for sim in sims]
+    with precision(x64):
+        grid = _check_grid({} if grid is None else grid)
+        static = _check_static({} if static is None else static)
+        both = set(grid) & set(static)
+        require(not both, "grid", f"{sorted(both)} appear in both grid and static", "put each axis in one of them")
+        seeds = seed_values(seeds)
+        require(strategy in STRATEGIES, "strategy", f"unknown value {strategy!r}",
+                f"use one of {', '.join(STRATEGIES)}")
+        for field, v in (("map_batch", map_batch), ("chunk", chunk)):
+            require(v is None or (isinstance(v, int) and v >= 1), field, f"got {v!r}", "use an integer >= 1")
+        require(isinstance(name, str) and name.isidentifier(), "name", f"got {name!r}",
+                "use a short identifier such as 'sweep' or 'quadratic'")
+        devices = list(jax.local_devices() if devices is None else devices)
+        require(len(devices) >= 1, "devices", "no devices given", "omit devices= to use all local ones")
+        build = _builder(simulation, static)
+        combos = [dict(zip(static, vals)) for vals in itertools.product(*static.values())]
+        sims = [build(**c) for c in combos]  # builds shapes only: no compilation yet
+        for c, sim in zip(combos, sims):
+            require(isinstance(sim, Simulation), "simulation", f"the builder returned {type(sim).__name__} for {c}",
+                    "return engine.simulate.simulation(...)")
+            for axis, values in grid.items():
+                for v in values:
+                    sim.check_hparams({axis: v})
+        budget = memory_budget_bytes(devices) if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        plans = [_plan(sim, len(seeds) * _size(grid), chunk, budget, devices, strategy, map_batch, segment)
+                 for sim in sims]
+        folder = None if checkpoint is None else Path(checkpoint) / name
+        if folder is not None:
+            _claim(folder, sims, combos, grid, seeds, base_seed, plans, devices)
+        show = sys.stderr.isatty() if progress is None else progress
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(p["n_chunks"] * p["n_segments"] for p in plans), disable=not show, desc=name,
+                   unit="segment")
+        parts = []
+        for i, (c, sim, plan) in enumerate(zip(combos, sims, plans)):
+            records, flags = _run_all(sim, grid, seeds, base_seed, plan, devices, bar,
+                                      None if folder is None else folder / f"part-{i}")
+            ds = _dataset(sim, grid, seeds, records, flags)
+            parts.append(ds.expand_dims({k: [v] for k, v in c.items()}) if c else ds)
+        bar.close()
+        ds = parts[0] if len(parts) == 1 else xr.combine_by_coords(parts, join="outer",
+                                                                    combine_attrs="drop_conflicts")
+        ds = ds.transpose("seed", *static, *grid, "step", ...)
+        ds.attrs.update(_attrs(sims[0], grid, seeds, static, plans, devices, base_seed, name))
+        return ds
 
-    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_module.next_directory()
-    if ckpt is not None:
-        keys = ("chunk", "n_chunks", "segment", "n_segments", "strategy", "map_batch")
-        checkpoint_module.claim(ckpt, checkpoint_module.fingerprint({
-            "sims": [s.config for s in sims], "static": [repr(c) for c in combos], "grid": grid, "seeds": seeds,
-            "base_seed": base_seed, "plans": [{k: p[k] for k in keys} for p in plans], "devices": len(devices),
-            "x64": bool(jax.config.jax_enable_x64)}))
 
-    show = sys.stderr.isatty() if progress is None else progress
-    total = sum(p["n_chunks"] * p["n_segments"] for p in plans)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=total, disable=not show, desc="sweep", unit="segment")
-    parts = []
-    for i, (c, sim, plan) in enumerate(zip(combos, sims, plans)):
-        part = None if ckpt is None else ckpt / f"part-{i}"
-        records, flags = _run_all(sim, grid, seeds, base_seed, plan, devices, bar, part)
-        ds = _dataset(sim, grid, seeds, records, flags)
-        parts.append(ds.expand_dims({k: [v] for k, v in c.items()}) if c else ds)
-    bar.close()
-    ds = parts[0] if len(parts) == 1 else xr.combine_by_coords(parts, join="outer",
-                                                                combine_attrs="drop_conflicts")
-    order = ["seed", *static, *grid, "step"]
-    ds = ds.transpose(*order, ...)
-    ds.attrs.update(_attrs(sims[0], grid, seeds, static, plans, devices, base_seed))
-    return ds
+@contextlib.contextmanager
+def precision(x64: bool | None):
+    """Inside the block JAX computes in float64 (x64=True), float32 (False) or as it is
+    configured (None); JAX's `jax_enable_x64` is restored after it. The one place the
+    engine changes it."""
+    if x64 is None:
+        yield
+        return
+    with jax.enable_x64(bool(x64)):
+        yield
 
 
 def _size(grid):
@@ -282,18 +309,18 @@ def _size(grid):
 
 
 def _plan(sim, n_runs, chunk, budget, devices, strategy, map_batch, segment):
-    per_run = bytes_per_run(sim)
+    need = footprint(sim)
     n_dev = len(devices)
-    fits = budget // per_run
+    fits = budget // need.run
     if fits < 1:
-        raise ConfigError("memory_budget_mb", f"one run needs about {per_run / 2**20:.1f} MiB, "
+        raise ConfigError("memory_budget_mb", f"one run needs about {need.run / 2**20:.1f} MiB, "
                           f"more than the budget of {budget / 2**20:.1f} MiB",
                           "raise memory_budget_mb, or shrink the model, data or records")
     if chunk is None:
         chunk = min(n_runs, int(fits) * n_dev)
     chunk = max(n_dev, math.ceil(chunk / n_dev) * n_dev)
     if strategy == "auto":
-        strategy, map_batch = choose_strategy(sim, devices[0].platform, chunk // n_dev)
+        strategy, map_batch = choose_strategy(need.step, devices[0].platform, chunk // n_dev)
     if strategy == "vmap" and chunk // n_dev == 1 and devices[0].platform == "cpu":
         # One run per device: XLA's CPU backend runs a batch of one ~10x slower than the
         # unbatched program (measured: width 4000, 298 us against 22 us per step).
@@ -301,7 +328,16 @@ def _plan(sim, n_runs, chunk, budget, devices, strategy, map_batch, segment):
     k = _segment_length(sim.intervals, segment)
     return {"chunk": chunk, "n_chunks": math.ceil(n_runs / chunk), "strategy": strategy,
             "map_batch": map_batch if strategy == "map" else None, "segment": k,
-            "n_segments": sim.intervals // k, "bytes_per_run": per_run}
+            "n_segments": sim.intervals // k, "bytes_per_run": need.run}
+
+
+def _claim(folder: Path, sims, combos, grid, seeds, base_seed, plans, devices) -> None:
+    """Take `folder` for this sweep, or check that the checkpoint there is of it."""
+    keys = ("chunk", "n_chunks", "segment", "n_segments", "strategy", "map_batch")
+    checkpoint.claim(folder, checkpoint.fingerprint({
+        "sims": [s.config for s in sims], "static": [repr(c) for c in combos], "grid": grid, "seeds": seeds,
+        "base_seed": base_seed, "plans": [{k: p[k] for k in keys} for p in plans], "devices": len(devices),
+        "x64": bool(jax.config.jax_enable_x64)}))
 
 
 def _run_table(grid, seeds, base_seed):
@@ -326,75 +362,70 @@ def _footprint_mb(compiled) -> float | None:
         return None
 
 
-def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, ckpt: Path | None = None):
-    """Every chunk of runs, segment by segment. Compiles once (ahead of time, so the
-    compile and run times can be reported in `plan["seconds"]`). With `ckpt`, each
-    segment's records and the state after it are saved there, and what is saved is
-    picked up again (`engine.checkpoint`)."""
+def _program(sim: Simulation, what: tuple, fn: Callable, args: tuple, devices):
+    """`fn` batched and sharded as `what` = (strategy, map_batch, ...) says, compiled for
+    arguments shaped like `args`, once per simulation: (program, seconds compiling now)."""
+    shapes = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(args))
+    key = (*what, tuple(d.id for d in devices), bool(jax.config.jax_enable_x64), jax.tree.structure(args), shapes)
+    if key in sim.compiled:
+        return sim.compiled[key], 0.0
+    t = time.perf_counter()
+    program = jax.jit(_sharded(_batched(fn, *what[1:3]), devices)).lower(*args).compile()
+    sim.compiled[key] = program
+    return program, time.perf_counter() - t
+
+
+def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | None = None):
+    """Every chunk of runs, segment by segment, with the compiled programs of `sim`
+    (compiled ahead of time on first use, so the compile and run times can be reported
+    in `plan["seconds"]`). With `folder`, each segment's records and the state after it
+    are saved there, and what is saved is picked up again (`engine.checkpoint`)."""
     keys, hp, n_runs = _run_table(grid, seeds, base_seed)
     dtype = jnp.result_type(float)
     chunk, k = plan["chunk"], plan["segment"]
-    strategy, map_batch = plan["strategy"], plan["map_batch"]
-    init = jax.jit(_sharded(_batched(sim.init, strategy, map_batch), devices))
-    advance = jax.jit(_sharded(_batched(lambda s, h, d: sim.advance(s, h, d, k),
-                                        strategy, map_batch), devices))
-    records, flags, compiled, init_c = [], [], None, None
-    if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
-    t_compile, t0 = 0.0, time.perf_counter()
-    for ci, start in enumerate(range(0, n_runs, chunk)):
-        files = _chunk_files(ckpt, ci)
+    batching = (plan["strategy"], plan["map_batch"])
+    start_run = lambda run, data: sim.init(run[0], run[1], data)
+    advance = lambda state, data: sim.advance(state, data, k)
+    records, flags, t_compile, t0 = [], [], 0.0, time.perf_counter()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    for ci, first_run in enumerate(range(0, n_runs, chunk)):
+        files = None if folder is None else checkpoint.chunk_files(folder, ci)
         if files and files["done"].exists():
-            saved = checkpoint_module.load_arrays(files["done"])
+            saved = checkpoint.load_arrays(files["done"])
             records.append({n[4:]: v for n, v in saved.items() if n.startswith("rec_")})
             flags.append({f: saved[f"flag_{f}"] for f in FLAGS})
             bar.update(plan["n_segments"])
             continue
-        idx = np.minimum(np.arange(start, start + chunk), n_runs - 1)  # pad with copies
-        keep = min(chunk, n_runs - start)
-        hp_c = {name: jnp.asarray(v[idx], dtype) for name, v in hp.items()}
-        if init_c is None:
-            tc = time.perf_counter()
-            init_c = init.lower(keys[idx], hp_c, sim.data).compile()
-            t_compile += time.perf_counter() - tc
-        state, rec0 = init_c(keys[idx], hp_c, sim.data)
-        if compiled is None:
-            tc = time.perf_counter()
-            compiled = advance.lower(state, hp_c, sim.data).compile()
-            t_compile += time.perf_counter() - tc
-            plan["compiled_memory_mb"] = _footprint_mb(compiled)
-        segs, first = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)], 0
+        idx = np.minimum(np.arange(first_run, first_run + chunk), n_runs - 1)  # pad with copies
+        keep = min(chunk, n_runs - first_run)
+        runs = (keys[idx], {name: jnp.asarray(v[idx], dtype) for name, v in hp.items()})
+        init, seconds = _program(sim, ("init", *batching), start_run, (runs, sim.data), devices)
+        state, rec0 = init(runs, sim.data)
+        segment, more = _program(sim, ("advance", *batching, k), advance, (state, sim.data), devices)
+        t_compile += seconds + more
+        plan["compiled_memory_mb"] = _footprint_mb(segment)
+        segs, done = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)], 0
         if files and files["state"].exists():
-            state, extra = checkpoint_module.load_state(files["state"], state)
-            first = int(extra["segment"])
-            segs += [checkpoint_module.load_arrays(files["seg"](j)) for j in range(first)]
-            bar.update(first)
-        for j in range(first, plan["n_segments"]):
-            state, rec = compiled(state, hp_c, sim.data)
+            state, extra = checkpoint.load_state(files["state"], state)
+            done = int(extra["segment"])
+            segs += [checkpoint.load_arrays(files["seg"](j)) for j in range(done)]
+            bar.update(done)
+        for j in range(done, plan["n_segments"]):
+            state, rec = segment(state, sim.data)
             segs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], rec))
             if files:  # the segment's records first: a state file always has all of its
-                checkpoint_module.save_arrays(files["seg"](j), segs[-1])
-                checkpoint_module.save_state(files["state"], state, {"segment": np.int64(j + 1)})
+                checkpoint.save_arrays(files["seg"](j), segs[-1])
+                checkpoint.save_state(files["state"], state, {"segment": np.int64(j + 1)})
             bar.update(1)
         records.append({name: np.concatenate([s[name] for s in segs], axis=1) for name in rec0})
         flags.append({f: np.asarray(getattr(state, f))[:keep] for f in FLAGS})
         if files:
-            checkpoint_module.save_arrays(files["done"], {**{f"rec_{n}": v for n, v in records[-1].items()},
-                                                          **{f"flag_{f}": v for f, v in flags[-1].items()}})
-            for j in range(plan["n_segments"]):
-                files["seg"](j).unlink(missing_ok=True)
-            files["state"].unlink(missing_ok=True)
+            checkpoint.finish_chunk(files, plan["n_segments"], records[-1], flags[-1])
     plan["seconds"] = {"compile": round(t_compile, 4),
                        "run": round(time.perf_counter() - t0 - t_compile, 4)}
     join = lambda parts: {n: np.concatenate([p[n] for p in parts], axis=0) for n in parts[0]}
     return join(records), join(flags)
-
-
-def _chunk_files(ckpt: Path | None, ci: int) -> dict | None:
-    if ckpt is None:
-        return None
-    return {"done": ckpt / f"chunk-{ci}.done.npz", "state": ckpt / f"chunk-{ci}.state.npz",
-            "seg": lambda j: ckpt / f"chunk-{ci}.seg-{j}.npz"}
 
 
 def _dataset(sim, grid, seeds, records, flags) -> xr.Dataset:
@@ -402,31 +433,38 @@ def _dataset(sim, grid, seeds, records, flags) -> xr.Dataset:
     dims = ("seed", *grid)
     coords = {"seed": seeds, **grid, "step": sim.record_steps}
     data_vars = {}
-    for p in sim.probes:
-        for name, extra in p.outputs.items():
-            arr = records[name]
-            data_vars[name] = ((*dims, "step", *extra), arr.reshape(*shape, *arr.shape[1:]))
-            for i, d in enumerate(extra):
-                if d in sim.probe_coords and len(sim.probe_coords[d]) == arr.shape[2 + i]:
-                    coords[d] = sim.probe_coords[d]
+    for name, extra in sim.probe.outputs.items():
+        arr = records[name]
+        data_vars[name] = ((*dims, "step", *extra), arr.reshape(*shape, *arr.shape[1:]))
+        for i, d in enumerate(extra):
+            if d in sim.probe_coords and len(sim.probe_coords[d]) == arr.shape[2 + i]:
+                coords[d] = sim.probe_coords[d]
     for f in FLAGS:
         data_vars[f] = (dims, flags[f].reshape(shape))
     return xr.Dataset(data_vars, coords=coords)
 
 
-def _attrs(sim, grid, seeds, static, plans, devices, base_seed) -> dict:
-    import importlib.metadata as md
-    versions = {}
-    for pkg in ("jax", "jaxlib", "optax", "flax", "numpy", "xarray"):
+PACKAGES = ("jax", "jaxlib", "optax", "flax", "chex", "numpy", "xarray", "matplotlib")
+
+
+def versions() -> dict:
+    """Python's version and the installed versions of the stack (`PACKAGES`), recorded
+    with every result."""
+    out = {"python": sys.version.split()[0]}
+    for pkg in PACKAGES:
         try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             pass
-    config = {**sim.config, "grid": grid, "seeds": seeds,
+    return out
+
+
+def _attrs(sim, grid, seeds, static, plans, devices, base_seed, name) -> dict:
+    config = {**sim.config, "grid": grid, "seeds": seeds, "name": name,
               "static": {k: [v if isinstance(v, (int, float, str)) else repr(v) for v in vals]
                          for k, vals in static.items()},
               "base_seed": base_seed, "plans": plans}
-    return {"config": json.dumps(config, default=str), "versions": json.dumps(versions),
+    return {"config": json.dumps(config, default=str), "versions": json.dumps(versions()),
             "device": f"{devices[0].platform}:{devices[0].device_kind} x{len(devices)}",
             "x64": int(jax.config.jax_enable_x64)}
 
@@ -435,7 +473,7 @@ def _attrs(sim, grid, seeds, static, plans, devices, base_seed) -> dict:
 def save(ds: xr.Dataset, path) -> None:
     """Write `ds` as netCDF atomically (`engine.checkpoint.replacing`): a crash leaves
     the previous file or none, never a half-written one that looks complete."""
-    with checkpoint_module.replacing(path) as tmp:
+    with checkpoint.replacing(path) as tmp:
         ds.to_netcdf(tmp)
 
 

@@ -34,7 +34,7 @@ def test_a_sigkilled_sweep_resumes_to_identical_results(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     run = lambda ckpt, out: [sys.executable, str(script), str(tmp_path / ckpt), str(tmp_path / out)]
     proc = subprocess.Popen(run("ckpt", "resumed.nc"), env=env, stderr=subprocess.PIPE)
-    part = tmp_path / "ckpt" / "part-0"
+    part = tmp_path / "ckpt" / "sweep" / "part-0"
     deadline = time.time() + 300
     # kill it once the first chunk is done and the second is part-way
     while not ((part / "chunk-0.done.npz").exists() and (part / "chunk-1.state.npz").exists()):
@@ -70,7 +70,7 @@ def test_interrupted_in_process_resume_equals_one_go(tmp_path, monkeypatch, tiny
     monkeypatch.setattr(checkpoint, "save_state", save_state)
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()  # a writer killed mid-file leaves its temporary; the rerun removes it
-    stray = tmp_path / "c" / "part-0" / f".chunk-1.state.npz.tmp-{dead.pid}"
+    stray = tmp_path / "c" / "sweep" / "part-0" / f".chunk-1.state.npz.tmp-{dead.pid}"
     stray.write_bytes(b"half a file")
     _assert_identical(sweep.sweep(sim, **kw, checkpoint=tmp_path / "c"), whole)
     assert not stray.exists()
@@ -144,7 +144,7 @@ def test_a_sweep_killed_inside_a_write_loses_nothing_and_resumes_to_identical_re
 
     # 10 segments, each writes its records then the state: the 8th write is segment 4's state
     assert cli("npz", 8, fresh).returncode == -signal.SIGKILL
-    part = out / "checkpoint" / "sweep-0" / "part-0"
+    part = out / "checkpoint" / "sweep" / "part-0"
     assert int(checkpoint.load_arrays(part / "chunk-0.state.npz")["extra_segment"]) == 3
     (half,) = part.glob(".chunk-0.state.npz.tmp-*")
     with pytest.raises(Exception):

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import jax
+import jax.monitoring
 import numpy as np
 import pytest
 import xarray as xr
@@ -56,7 +57,7 @@ def test_a_memory_budget_too_small_for_all_runs_splits_them_into_chunks(tiny_sim
     """The chunk size is chosen from the per-run estimate before compiling; a budget
     for ~5 runs turns 20 runs into several chunks with the same results."""
     sim = tiny_sim()
-    per_run_mb = sweep.bytes_per_run(sim) / 2**20
+    per_run_mb = sweep.footprint(sim).run / 2**20
     one = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4)
     budgeted = sweep.sweep(sim, grid={"lr": LRS[:5]}, seeds=4, memory_budget_mb=5.5 * per_run_mb)
     plan = json.loads(budgeted.attrs["config"])["plans"][0]
@@ -187,3 +188,19 @@ def test_vmapped_eigen_solves_on_every_core_do_not_deadlock():
     out = subprocess.run([sys.executable, "-c", TWO_DEVICES_EIGH], capture_output=True, text=True,
                          env={**env, "ENGINE_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_a_second_identical_sweep_compiles_nothing(tiny_sim):
+    """The compiled segment is kept per simulation and shapes: a notebook that reruns a
+    sweep, or an experiment that runs several, pays XLA's backend compile once."""
+    sim = tiny_sim(steps=40, every=20, probes=("loss", "sharpness"))
+    first = sweep.sweep(sim, grid={"gamma": [0.5, 1.0]}, seeds=2, progress=False)
+    events = []
+    listener = lambda name, *a, **k: events.append(name) if "backend_compile" in name else None
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        second = sweep.sweep(sim, grid={"gamma": [0.5, 1.0]}, seeds=2, progress=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert not events, events
+    assert_bitwise(first, second)
