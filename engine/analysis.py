@@ -5,6 +5,13 @@ import numpy as np
 import xarray as xr
 
 
+def late_phase(ds: xr.Dataset, fraction: float, dim: str = "step") -> xr.Dataset:
+    """The last `fraction` of the records along `dim` (at least one), e.g. the phase at
+    the edge of stability whose median sharpness is compared with 2/eta."""
+    n = ds.sizes[dim]
+    return ds.isel({dim: slice(n - max(1, int(round(fraction * n))), None)})
+
+
 def log_log_slope(da: xr.DataArray, dim: str) -> xr.DataArray:
     """Least-squares slope S of log(da) against log(da[dim]) along `dim`
     (e.g. S_w of RD ~ m^S_w, Luo et al. 2021). Non-positive or NaN points are skipped;
@@ -87,6 +94,42 @@ def spikes(loss: np.ndarray, steps: np.ndarray, factor: float, sharpness: np.nda
     return out
 
 
+def spikes_by_run(loss: xr.DataArray, factor: float, sharpness: xr.DataArray | None = None,
+                  curvature: xr.DataArray | None = None, threshold: float | None = None,
+                  dim: str = "step") -> xr.DataArray:
+    """`spikes` of every run of loss [..., dim] (sharpness and curvature share its dims):
+    a DataArray of lists of spikes over loss's other dims."""
+    rest = [d for d in loss.dims if d != dim]
+    found = np.empty([loss.sizes[d] for d in rest], dtype=object)
+    for idx in np.ndindex(*found.shape):
+        at = dict(zip(rest, idx))
+        series = [None if a is None else a.isel(at).values for a in (sharpness, curvature)]
+        found[idx] = spikes(loss.isel(at).values, loss[dim].values, factor, *series, threshold)
+    return xr.DataArray(found, coords={d: loss[d].values for d in rest}, dims=rest)
+
+
+def by_coords(da: xr.DataArray) -> dict:
+    """Every element of da as {"dim=value,dim=value": element} (values formatted with :g),
+    for summary.json."""
+    return {",".join(f"{d}={r[d].item():g}" for d in da.dims): r.item() for r in da.stack(run=da.dims)}
+
+
+def spike_precursors(found: list[dict]) -> dict:
+    """How spikes (from `spikes` with a threshold) line up with their precursors
+    (Bai et al. 2025): the share whose sharpness crossed the threshold before the loss
+    peak, the median steps from that crossing to the peak, and the share whose
+    directional curvature crossed it between the two (None without spikes)."""
+    crossed = [s for s in found if s.get("threshold_crossing_step") is not None]
+    first = [s for s in crossed if s["threshold_crossing_step"] < s["peak_step"]]
+    between = [s for s in crossed if s["curvature_crossing_step"] is not None
+               and s["threshold_crossing_step"] <= s["curvature_crossing_step"] <= s["peak_step"]]
+    share = lambda a: round(len(a) / len(found), 3) if found else None
+    return {"fraction_of_spikes_whose_peak_follows_a_threshold_crossing": share(first),
+            "median_steps_from_threshold_crossing_to_peak":
+                float(np.median([s["peak_step"] - s["threshold_crossing_step"] for s in crossed])) if crossed else None,
+            "fraction_of_spikes_with_curvature_crossing_between_it_and_the_peak": share(between)}
+
+
 def above_floor(x: np.ndarray, steps: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
     """(steps, log10|x|) of a trajectory up to the first record where |x| is not above
     `floor` (e.g. where a converged run was frozen) or not finite."""
@@ -94,6 +137,65 @@ def above_floor(x: np.ndarray, steps: np.ndarray, floor: float) -> tuple[np.ndar
     ok = np.isfinite(y) & (y > np.log10(floor))
     end = ok.size if ok.all() else int(np.argmin(ok))
     return steps[:end].astype(float), y[:end]
+
+
+def late_slope(t: np.ndarray, y: np.ndarray, log_t: bool = False) -> float:
+    """Least-squares slope of y against t (or log10 t) over the late half of the records."""
+    late = slice(t.size // 2, None)
+    return float(np.polyfit(np.log10(t[late]) if log_t else t[late], y[late], 1)[0])
+
+
+def _decay_signature(x: np.ndarray, steps: np.ndarray, floor: float, deep_log10: float) -> np.ndarray:
+    t, y = above_floor(x, steps, floor)
+    froze = t.size < steps.size
+    if t.size < 8:
+        return np.array([np.nan, float(froze), 0.0, float(froze)])
+    slope = late_slope(t, y)
+    skip = t.size // 10  # the first records: a transient
+    return np.array([slope, float(np.min(y[skip:]) < deep_log10),
+                     float(np.max(y[skip:] - np.minimum.accumulate(y[skip:]))), float(froze)])
+
+
+def decay_signature(x: xr.DataArray, floor: float, deep_log10: float) -> xr.Dataset:
+    """How each trajectory of x [..., step] decays, from its records above `floor`
+    (`above_floor`; below it the run counts as frozen): `log10_rate`, the least-squares
+    slope of log10|x| per step over the late half of them (NaN with fewer than 8);
+    `deep`, whether log10|x| fell below `deep_log10` after the first tenth; `max_rise_decades`, the
+    largest rise of log10|x| above its running minimum after the first tenth (spikes);
+    `froze`, whether the run went below `floor`."""
+    dim = x.dims[-1]
+    out = xr.apply_ufunc(_decay_signature, x, x[dim], kwargs={"floor": floor, "deep_log10": deep_log10},
+                         input_core_dims=[[dim]] * 2, output_core_dims=[["stat"]], vectorize=True)
+    return xr.Dataset({name: out.isel(stat=i, drop=True) for i, name in
+                       enumerate(("log10_rate", "deep", "max_rise_decades", "froze"))})
+
+
+def grid_table(da: xr.DataArray, rows: str, cols: str, digits: int = 3) -> dict:
+    """A 2-D DataArray as {row value: {column value: rounded value}}, for summary.json."""
+    return {f"{r:g}": {f"{c:g}": round(float(da.sel({rows: r, cols: c})), digits) for c in da[cols].values}
+            for r in da[rows].values}
+
+
+def grid_of(fn, **coords) -> xr.DataArray:
+    """fn(a, b) on every point of a 2-D grid given as two named coordinates, e.g.
+    grid_of(theory_regime, gamma=ds.gamma, gamma_prime=ds.gamma_prime): [a, b]."""
+    (na, a), (nb, b) = coords.items()
+    return xr.DataArray([[fn(u, v) for v in np.asarray(b)] for u in np.asarray(a)],
+                        coords={na: np.asarray(a), nb: np.asarray(b)}, dims=(na, nb))
+
+
+def sign_change_across(s: xr.DataArray, on: xr.DataArray) -> list[bool]:
+    """For each point of a 2-D grid where `on` holds (a boundary): is |s| there below |s|
+    at every off-boundary grid neighbour, with neighbours of both signs (s changes sign
+    across the boundary and passes near 0 on it)?"""
+    dims = on.dims
+    s, on = s.transpose(*dims).values, on.values
+    out = []
+    for i, j in zip(*np.nonzero(on)):
+        nb = [s[a, b] for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
+              if 0 <= a < s.shape[0] and 0 <= b < s.shape[1] and not on[a, b]]
+        out.append(bool(nb) and all(abs(s[i, j]) < abs(v) for v in nb) and min(nb) < 0 < max(nb))
+    return out
 
 
 def _unit_rows(w: np.ndarray) -> np.ndarray:

@@ -18,6 +18,12 @@ def save(fig, path) -> str:
     return str(path)
 
 
+def figure(rows: int, cols: int, size: tuple, **options):
+    """(fig, axes) of a rows x cols grid of axes, `size` inches wide and high, laid out
+    so that nothing overlaps (matplotlib's subplots with constrained layout)."""
+    return plt.subplots(rows, cols, figsize=size, constrained_layout=True, **options)
+
+
 def draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None = None, colors=None,
                style: str = "o-") -> None:
     """One line per value of `hue`: the median over `over` with its min-max band."""
@@ -166,6 +172,16 @@ def cosine_map(ax, w, title: str = "") -> None:
     ax.set_xticks([]), ax.set_yticks([])
 
 
+def decades(ax, traces: dict, *, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Trajectories on log-log axes, {label: (steps, log10 values, line style)} (e.g.
+    from `engine.analysis.above_floor`); steps are drawn from 1."""
+    for label, (t, y, style) in traces.items():
+        ax.plot(np.maximum(t, 1), 10 ** y, style, label=label)
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+
+
 def grouped_bars(ax, da, x: str, hue: str, ylabel: str) -> None:
     """Bars of a 2-D DataArray [x, hue]: one group per value of `x`, one bar per `hue`."""
     pos = np.arange(da.sizes[x])
@@ -193,3 +209,49 @@ def spike_trace(axes, steps, loss, series: dict, threshold: float, threshold_lab
             ax.axvline(s["peak_step"], color="C3", lw=0.6, alpha=0.6)
             if s.get("threshold_crossing_step") is not None:
                 ax.axvline(s["threshold_crossing_step"], color="C2", lw=0.6, alpha=0.6)
+
+
+def spike_report(path, steps, loss, series: dict, threshold: float, threshold_label: str, spikes: list,
+                 counts, counts_label: str, title: str) -> str:
+    """One run's `spike_trace` (loss above, curvature `series` against the threshold
+    below, spikes marked) over `grouped_bars` of the spike counts [x, hue] of a sweep."""
+    fig, axes = figure(3, 1, (9, 8), height_ratios=(1, 1, 0.7))
+    axes[1].sharex(axes[0])
+    spike_trace(axes, steps, loss, series, threshold, threshold_label, spikes)
+    axes[0].set_title(title)
+    grouped_bars(axes[2], counts, *counts.dims, counts_label)
+    return save(fig, path)
+
+
+def outcome_scatter(path, groups: dict, panels: list[dict], *, x: str, xlabel: str, vlines=(),
+                    title: str = "") -> str:
+    """Per-run outcomes against a control parameter, side by side, one colour per group.
+    groups: {label: {x: [runs], "alive": [runs] bool, panel key: [runs], optional
+    "marker" and "mfc"}}; panels: [{"key", "ylabel", "title", optional "logy",
+    "mark_dead" (runs not alive drawn as x at the top instead of left out), "lines"
+    ({label: (xs, ys, style)}) and "hlines" ({label: (y, style)})}]; `vlines` ((x, style),
+    ...) are drawn on every panel, e.g. stability thresholds."""
+    fig, axes = figure(1, len(panels), (6 * len(panels), 4.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        key = panel["key"]
+        if panel.get("mark_dead"):
+            top = max([1.0] + [3 * float(np.nanmax(np.where(g["alive"], g[key], np.nan))) for g in groups.values()])
+        for i, (label, g) in enumerate(groups.items()):
+            xs, alive, ys = (np.ravel(g[k]) for k in (x, "alive", key))
+            ax.plot(xs[alive], ys[alive], g.get("marker", "o"), color=f"C{i}", ms=4, mfc=g.get("mfc"), label=label)
+            if panel.get("mark_dead"):
+                ax.plot(xs[~alive], np.full((~alive).sum(), top), "x", color=f"C{i}",
+                        label=f"{label}: diverged (drawn at the top)")
+        for label, (xs, ys, style) in panel.get("lines", {}).items():
+            ax.plot(xs, ys, style, lw=1, label=label)
+        for label, (y, style) in panel.get("hlines", {}).items():
+            ax.axhline(y, color="k", ls=style, lw=1, label=label)
+        for v, style in vlines:
+            ax.axvline(v, color="grey", lw=0.8, ls=style)
+        ax.set(xlabel=xlabel, ylabel=panel["ylabel"], title=panel.get("title", ""),
+               yscale="log" if panel.get("logy") else "linear")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return save(fig, path)
+

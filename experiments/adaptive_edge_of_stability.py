@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import sys
 
-from engine import experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import FRACTION, POSITIVE, UNIT, Range, require
-from experiments.edge_of_stability import late_phase, training_set
 
 NAME = "adaptive_edge_of_stability"
 PRESETS = {
@@ -41,7 +40,7 @@ RANGES = {"n_train": Range(1, integer=True, none_ok=True), "lrs": POSITIVE, "b1s
 
 def build(config: dict) -> simulate.Simulation:
     model = models.mlp(tuple(config["widths"]), config["activation"])
-    d = training_set(config["data"], config["n_train"])
+    d = data.named(config["data"], config["n_train"])
     require(d.x.shape[1] == config["widths"][0] and d.y.shape[1] == config["widths"][-1], "widths",
             f"the data have {d.x.shape[1]} inputs and {d.y.shape[1]} outputs, widths are {config['widths']}",
             f"use widths starting with {d.x.shape[1]} and ending with {d.y.shape[1]}")
@@ -52,10 +51,10 @@ def build(config: dict) -> simulate.Simulation:
                 probes.sharpness(iters=20, warm_iters=10)))
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     return sweep.sweep(build(config), grid={"lr": [float(x) for x in config["lrs"]],
                                             "b1": [float(x) for x in config["b1s"]]},
-                       seeds=config["seeds"], progress=config.get("progress"))
+                       seeds=config["seeds"], **options)
 
 
 def threshold(ds):
@@ -64,7 +63,7 @@ def threshold(ds):
 
 
 def summarize(ds, config: dict) -> dict:
-    late = late_phase(ds, config)
+    late = analysis.late_phase(ds, config["late"])
     ratio = (late.preconditioned_sharpness / threshold(ds)).median("step")      # [seed, lr, b1]
     raw = (late.sharpness / threshold(ds)).median("step")
     within = abs(ratio - 1) <= 0.1

@@ -30,7 +30,6 @@ import xarray as xr
 
 from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import COUNT, POSITIVE, require
-from experiments.edge_of_stability import training_set
 
 NAME = "catapult"
 KINDS = ("relu", "uv")
@@ -48,7 +47,7 @@ RANGES = {"n_train": COUNT, "targets": POSITIVE}
 def training_data(config: dict, kind: str):
     if kind == "uv":  # the uv model's single example (x, y) = (1, 0)
         return data.point(1.0, 0.0)
-    return training_set(config["data"], config["n_train"])
+    return data.named(config["data"], config["n_train"])
 
 
 def build(config: dict, kind: str, steps: int | None = None, every: int | None = None) -> simulate.Simulation:
@@ -63,22 +62,22 @@ def build(config: dict, kind: str, steps: int | None = None, every: int | None =
                                every=every or config["every"], probes=("loss", sharp), diverge_above=1e10)
 
 
-def sweep_model(config: dict, kind: str) -> xr.Dataset:
+def sweep_model(config: dict, kind: str, **options) -> xr.Dataset:
     """One model's sweep over eta = target / median(lambda_0), indexed by `target`
     (`lr` is kept as a variable along it)."""
     pilot = sweep.sweep(build(config, kind, steps=1, every=1), grid={"lr": [1e-9]}, seeds=config["seeds"],
-                        progress=False)
+                        name=f"{kind}_pilot", **options)
     lambda0 = float(pilot.sharpness.isel(step=0).median())
     ds = sweep.sweep(build(config, kind), grid={"lr": [t / lambda0 for t in config["targets"]]},
-                     seeds=config["seeds"], progress=config.get("progress"))
+                     seeds=config["seeds"], name=kind, **options)
     ds = ds.assign_coords(target=("lr", [float(t) for t in config["targets"]])).swap_dims(lr="target")
     return ds.reset_coords("lr")
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     require(isinstance(config["models"], list) and len(config["models"]) >= 1, "models",
             f"got {config['models']!r}", f"give a list of models among {', '.join(KINDS)}")
-    parts = [sweep_model(config, kind) for kind in config["models"]]
+    parts = [sweep_model(config, kind, **options) for kind in config["models"]]
     return xr.concat(parts, dim=xr.DataArray(config["models"], dims="model", name="model"),
                      combine_attrs="override")
 
@@ -132,40 +131,19 @@ def summarize(ds, config: dict) -> dict:
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
-    import matplotlib.pyplot as plt
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4), constrained_layout=True)
-    top = 1.0
-    for i, kind in enumerate(ds.model.values):
-        m = measures(ds.sel(model=kind))
-        alive = ~ds.diverged.sel(model=kind).values.ravel()
-        peak = m["peak_over_initial_loss"].values.ravel()
-        top = max(top, float(np.nanmax(np.where(alive, peak, np.nan))) * 3)
-    for i, kind in enumerate(ds.model.values):
-        m = measures(ds.sel(model=kind))
-        x = m["eta_lambda0"].values.ravel()
-        alive = ~ds.diverged.sel(model=kind).values.ravel()
-        peak = m["peak_over_initial_loss"].values.ravel()
-        name = "ReLU (digits)" if kind == "relu" else "uv model (one example)"
-        marker = "o" if kind == "relu" else "s"
-        ax.semilogy(x[alive], peak[alive], marker, color=f"C{i}", ms=4, mfc="none" if kind == "uv" else None,
-                    label=name)
-        ax.semilogy(x[~alive], np.full((~alive).sum(), top), "x", color=f"C{i}",
-                    label=f"{name}: diverged (drawn at the top)")
-        bx.plot(x[alive], m["eta_final_sharpness"].values.ravel()[alive], marker, color=f"C{i}", ms=4,
-                mfc="none" if kind == "uv" else None, label=name)
-    ax.set(xlabel="eta * lambda_0", ylabel="peak loss / initial loss", title="how far the loss is catapulted")
-    bx.plot([0, 2], [0, 2], "k:", lw=1, label="eta lambda_final = eta lambda_0")
-    bx.axhline(2, color="k", ls="--", lw=1, label="2 (stability of GD)")
-    bx.set(xlabel="eta * lambda_0", ylabel="eta * final sharpness", title="curvature at the end of training")
-    for a in (ax, bx):
-        a.axvline(2, color="grey", lw=0.8)
-        a.axvline(4, color="grey", lw=0.8, ls=":")
-        a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=7)
-    fig.suptitle(f"Wide two-layer networks (NTK parameterization, width {config['width']}), full-batch GD: "
-                 "catapult (Lewkowycz et al. 2020)")
-    path = f"{out_dir}/catapult.png"
-    return [plot.save(fig, path)]
+    groups = {"ReLU (digits)" if kind == "relu" else "uv model (one example)":
+              {**{k: v.values for k, v in measures(ds.sel(model=kind)).items()},
+               "alive": ~ds.diverged.sel(model=kind).values, "marker": "o" if kind == "relu" else "s",
+               "mfc": "none" if kind == "uv" else None} for kind in ds.model.values}
+    panels = [{"key": "peak_over_initial_loss", "ylabel": "peak loss / initial loss", "logy": True,
+               "title": "how far the loss is catapulted", "mark_dead": True},
+              {"key": "eta_final_sharpness", "ylabel": "eta * final sharpness",
+               "title": "curvature at the end of training", "hlines": {"2 (stability of GD)": (2, "--")},
+               "lines": {"eta lambda_final = eta lambda_0": ([0, 2], [0, 2], "k:")}}]
+    return [plot.outcome_scatter(f"{out_dir}/catapult.png", groups, panels, x="eta_lambda0", xlabel="eta * lambda_0",
+                                 vlines=((2, "-"), (4, ":")),
+                                 title=f"Wide two-layer networks (NTK parameterization, width {config['width']}), "
+                                       "full-batch GD: catapult (Lewkowycz et al. 2020)")]
 
 
 if __name__ == "__main__":

@@ -42,14 +42,13 @@ PRESETS["paper"] = {**PRESETS["quick"], "n_train": 512, "channels": 32, "init_sc
                     "seeds": 8, "steps": 2000}
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     d = data.digits(config["n_train"], images=True)
     model = models.cnn(d.x.shape[1:], channels=(config["channels"],), out_dim=10, activation=config["activation"])
     sim = simulate.simulation(model, d, "cross_entropy", optim.gd(), init.scaled(model), steps=config["steps"],
-                              every=config["every"], probes=("loss", probes.neuron_weights("Conv_0")),
-                              step_size=probes.step_size(config["fraction"]))
-    return sweep.sweep(sim, grid={"init_scale": config["init_scales"]}, seeds=config["seeds"],
-                       progress=config.get("progress"))
+                              every=config["every"],
+                              probes=("loss", probes.neuron_weights("Conv_0"), probes.step_size(config["fraction"])))
+    return sweep.sweep(sim, grid={"init_scale": config["init_scales"]}, seeds=config["seeds"], **options)
 
 
 def kernel_stats(ds, config: dict) -> xr.Dataset:
@@ -83,10 +82,9 @@ def summarize(ds, config: dict) -> dict:
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
-    import matplotlib.pyplot as plt
     k = kernel_stats(ds, config)
     scales = list(ds.init_scale.values)
-    fig, axes = plt.subplots(1, len(scales) + 1, figsize=(3.4 * (len(scales) + 1), 3.6), constrained_layout=True)
+    fig, axes = plot.figure(1, len(scales) + 1, (3.4 * (len(scales) + 1), 3.6))
     for ax, s in zip(axes, scales):
         t = k.time.sel(init_scale=s, seed=0)
         at = int(t) if t.notnull() else int(ds.step[-1])

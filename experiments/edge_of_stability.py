@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import sys
 
-
-from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
-from engine.errors import FRACTION, POSITIVE, ConfigError, Range, require
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine.errors import FRACTION, POSITIVE, Range, require
 
 NAME = "edge_of_stability"
 PRESETS = {
@@ -49,26 +48,9 @@ RANGES = {"n_train": Range(1, integer=True, none_ok=True), "lrs": POSITIVE,
           "sharpness_examples": Range(1, integer=True, none_ok=True), "late": FRACTION}
 
 
-def training_set(name: str, n_train: int | None) -> data.Dataset:
-    """"chebyshev-K-N", "digits", or the path of the user's .npz (images flattened,
-    each pixel standardized by the training images' mean and std)."""
-    require(isinstance(name, str), "data", f"got {name!r}", "use chebyshev-3-20, digits or a .npz path")
-    if name.startswith("chebyshev-"):
-        parts = name.split("-")
-        require(len(parts) == 3 and all(p.isdigit() for p in parts[1:]), "data", f"got {name!r}",
-                "write chebyshev-K-N, e.g. chebyshev-3-20")
-        return data.chebyshev(int(parts[1]), int(parts[2]))
-    if name == "digits":
-        return data.digits(n_train)
-    if name.endswith(".npz"):
-        return data.from_npz(name, n=n_train, flatten=True, standardize=True)
-    raise ConfigError("data", f"unknown data set {name!r}",
-                      "use chebyshev-K-N, digits, or the path of an .npz with x_train, y_train")
-
-
 def build(config: dict) -> simulate.Simulation:
     model = models.mlp(tuple(config["widths"]), config["activation"])
-    d = training_set(config["data"], config["n_train"])
+    d = data.named(config["data"], config["n_train"])
     require(d.x.shape[1] == config["widths"][0], "widths",
             f"the data have {d.x.shape[1]} inputs but widths[0] = {config['widths'][0]}",
             f"use widths starting with {d.x.shape[1]}")
@@ -80,9 +62,9 @@ def build(config: dict) -> simulate.Simulation:
                                every=config["every"], probes=("loss", "loss_change", sharp))
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     return sweep.sweep(build(config), grid={"lr": [float(x) for x in config["lrs"]]}, seeds=config["seeds"],
-                       progress=config.get("progress"))
+                       **options)
 
 
 def threshold(ds):
@@ -90,14 +72,9 @@ def threshold(ds):
     return 2.0 / ds.lr
 
 
-def late_phase(ds, config: dict):
-    n = ds.sizes["step"]
-    return ds.isel(step=slice(n - max(1, int(round(config["late"] * n))), None))
-
-
 def late_ratio(ds, config: dict):
     """Per run, the late-phase median of sharpness / (2/eta): [seed, lr]."""
-    return (late_phase(ds, config).sharpness / threshold(ds)).median("step")
+    return (analysis.late_phase(ds, config["late"]).sharpness / threshold(ds)).median("step")
 
 
 def edge_index(ds, level: float = 0.9):
@@ -114,7 +91,7 @@ def summarize(ds, config: dict) -> dict:
     at_edge = ds.step.isel(step=first).where(reached)
     loss_at_edge = ds.loss.isel(step=first).where(reached)
     final_loss = ds.loss.isel(step=-1)
-    rises = (late_phase(ds, config).loss_change > 0).mean("step")  # the next step raises the loss
+    rises = (analysis.late_phase(ds, config["late"]).loss_change > 0).mean("step")  # the next step raises the loss
     per_lr = {}
     for lr in ds.lr.values:
         sel = dict(lr=lr)

@@ -33,7 +33,7 @@ PRESETS = {
 RANGES = {"frequencies": POSITIVE, "lr": POSITIVE, "tol": POSITIVE}
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     n = config["n"]
     require(isinstance(n, int) and n > 2 * max(config["frequencies"]), "n", f"got {n!r}",
             f"use more than {2 * max(config['frequencies'])} points so the DFT resolves every frequency")
@@ -41,7 +41,7 @@ def run_sweep(config: dict):
     model = models.mlp(tuple(config["widths"]), "tanh")
     sim = simulate.simulation(model, d, "mse", optim.adam(lr=config["lr"]), init.scaled(model),
                               steps=config["steps"], every=config["every"], probes=("loss", "prediction"))
-    ds = sweep.sweep(sim, grid={}, seeds=config["seeds"], progress=config.get("progress"))
+    ds = sweep.sweep(sim, grid={}, seeds=config["seeds"], **options)
     return ds.assign(target=("example", np.asarray(d.y)[:, 0]))
 
 

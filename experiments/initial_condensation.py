@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import sys
 
-import jax
 import numpy as np
 import xarray as xr
 
@@ -62,11 +61,10 @@ def build(activation: str, config: dict) -> simulate.Simulation:
                                probes=("loss", probes.neuron_weights("0")))
 
 
-def run_sweep(config: dict):
-    with jax.enable_x64(True):  # at gamma = 3.5 an x^2 tanh gradient is ~1e-21: its square underflows float32
-        return sweep.sweep(lambda activation: build(activation, config), grid={"gamma": config["gammas"]},
-                           static={"activation": config["activations"]}, seeds=config["seeds"],
-                           progress=config.get("progress"))
+def run_sweep(config: dict, **options):
+    # float64: at gamma = 3.5 an x^2 tanh gradient is ~1e-21, and its square underflows float32
+    return sweep.sweep(lambda activation: build(activation, config), grid={"gamma": config["gammas"]},
+                       static={"activation": config["activations"]}, seeds=config["seeds"], x64=True, **options)
 
 
 def cluster_stats(ds, config: dict) -> xr.Dataset:
@@ -112,11 +110,10 @@ def summarize(ds, config: dict) -> dict:
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
-    import matplotlib.pyplot as plt
     stats = cluster_stats(ds, config)
     t = condensation_time(stats, ds, config["condensed"])
     acts = [a for a in config["activations"] if a in ds.activation.values]
-    fig, axes = plt.subplots(2, len(acts), figsize=(3.4 * len(acts), 6.8), constrained_layout=True)
+    fig, axes = plot.figure(2, len(acts), (3.4 * len(acts), 6.8))
     g = float(ds.gamma.sel(gamma=config["heatmap_gamma"], method="nearest"))
     for j, a in enumerate(acts):
         step = t.time.sel(activation=a, gamma=g, seed=0)

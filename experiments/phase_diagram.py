@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import sys
 
-import jax
 import numpy as np
 import xarray as xr
 
@@ -55,16 +54,15 @@ def build(width: int, config: dict) -> simulate.Simulation:
     model = models.mlp((1, width, 1), "relu", output_bias=False)
     return simulate.simulation(
         model, data.luo_points(), "mse", optim.gd(), init.antisymmetric(model, init.luo(model)),
-        steps=config["steps"], every=config["every"], probes=("loss", "relative_change_layer"),
-        converge_below=config["tol"], step_size=probes.step_size(config["fraction"]))
+        steps=config["steps"], every=config["every"], converge_below=config["tol"],
+        probes=("loss", "relative_change_layer", probes.step_size(config["fraction"])))
 
 
-def run_sweep(config: dict):
-    with jax.enable_x64(True):  # RD spans 1e-9 (wide, linear) to 1e3 (condensed): float32 rounds the low end
-        return sweep.sweep(lambda width: build(width, config),
-                           grid={"gamma": config["gammas"], "gamma_prime": config["gamma_primes"]},
-                           static={"width": config["widths"]}, seeds=config["seeds"],
-                           progress=config.get("progress"))
+def run_sweep(config: dict, **options):
+    # float64: RD spans 1e-9 (wide, linear) to 1e3 (condensed), and float32 rounds the low end
+    return sweep.sweep(lambda width: build(width, config),
+                       grid={"gamma": config["gammas"], "gamma_prime": config["gamma_primes"]},
+                       static={"width": config["widths"]}, seeds=config["seeds"], x64=True, **options)
 
 
 def theory_regime(gamma: float, gamma_prime: float, eps: float = 1e-9) -> str:
@@ -96,36 +94,17 @@ def slopes(ds) -> xr.DataArray:
     return analysis.log_log_slope(input_weight_rd(ds).median("seed"), "width")
 
 
-def plane(ds, fn) -> xr.DataArray:
-    return xr.DataArray([[fn(g, gp) for gp in ds.gamma_prime.values] for g in ds.gamma.values],
-                        coords={"gamma": ds.gamma, "gamma_prime": ds.gamma_prime}, dims=("gamma", "gamma_prime"))
-
-
-def crossings(s_w: xr.DataArray, theory: xr.DataArray) -> list[bool]:
-    """For each boundary point of the grid: is |S_w| there below |S_w| at every
-    off-boundary grid neighbour, with neighbours of both signs (S_w changes sign
-    across the boundary and passes near 0 on it)?"""
-    s, t = s_w.transpose("gamma", "gamma_prime").values, theory.transpose("gamma", "gamma_prime").values
-    out = []
-    for i, j in zip(*np.nonzero(t == "critical")):
-        nb = [s[a, b] for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1))
-              if 0 <= a < s.shape[0] and 0 <= b < s.shape[1] and t[a, b] != "critical"]
-        out.append(bool(nb) and all(abs(s[i, j]) < abs(v) for v in nb) and min(nb) < 0 < max(nb))
-    return out
-
-
 def summarize(ds, config: dict) -> dict:
     s_w = slopes(ds)
-    theory = plane(ds, theory_regime)
-    distance = plane(ds, boundary_distance)
+    theory = analysis.grid_of(theory_regime, gamma=ds.gamma, gamma_prime=ds.gamma_prime)
+    distance = analysis.grid_of(boundary_distance, gamma=ds.gamma, gamma_prime=ds.gamma_prime)
     on = theory == "critical"
     away = ~on & (distance >= config["away"])
     sign_ok = xr.where(theory == "linear", s_w < 0, s_w > 0)
     agree3 = analysis.regime_of_slope(s_w, config["critical_band"]) == theory
-    crossed = crossings(s_w, theory)
+    crossed = analysis.sign_change_across(s_w, on)
     return {
-        "slope_S_w": {f"{g:g}": {f"{gp:g}": round(float(s_w.sel(gamma=g, gamma_prime=gp)), 3)
-                                 for gp in ds.gamma_prime.values} for g in ds.gamma.values},
+        "slope_S_w": analysis.grid_table(s_w, "gamma", "gamma_prime"),
         "points_away_from_boundary": int(away.sum()), "points_on_boundary": int(on.sum()),
         "sign_agrees_away_from_boundary": int((sign_ok & away).sum()),
         "max_abs_S_w_on_boundary": round(float(abs(s_w).where(on).max()), 3),
@@ -150,9 +129,8 @@ def boundary_curves(ds) -> dict:
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
-    import matplotlib.pyplot as plt
     s_w = slopes(ds)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    fig, axes = plot.figure(1, 2, (13, 5.2))
     plot.value_map(axes[0], s_w, "gamma", "gamma_prime", "S_w (slope of log RD vs log m)", boundary_curves(ds))
     plot.regime_map(axes[1], analysis.regime_of_slope(s_w, config["critical_band"]), REGIMES, "gamma", "gamma_prime",
                     boundary_curves(ds))

@@ -54,14 +54,14 @@ def build(width: int, config: dict) -> simulate.Simulation:
     model = models.mlp((1, width, width, 1), "relu", output_bias=False)
     return simulate.simulation(
         model, data.luo_points(), "mse", optim.gd(), init.antisymmetric(model, init.width_power(model, per_layer=True)),
-        steps=config["steps"], every=config["every"], probes=("loss", "relative_change_layer"),
-        converge_below=config["tol"], step_size=probes.step_size(config["fraction"]))
+        steps=config["steps"], every=config["every"],
+        probes=("loss", "relative_change_layer", probes.step_size(config["fraction"])), converge_below=config["tol"])
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     grid = {"gamma_0": config["gamma_in"], "gamma_1": config["gamma_mid"], "gamma_2": [config["gamma_out"]]}
     return sweep.sweep(lambda width: build(width, config), grid=grid, static={"width": config["widths"]},
-                       seeds=config["seeds"], progress=config.get("progress"))
+                       seeds=config["seeds"], **options)
 
 
 def slopes(ds) -> xr.DataArray:
@@ -85,8 +85,7 @@ def summarize(ds, config: dict) -> dict:
     mixed = {"W1 condensed, W2 linear": (w1 > m) & (w2 < -m), "W1 linear, W2 condensed": (w1 < -m) & (w2 > m)}
     claims[f"one network can hold layers in different regimes: both mixes occur with |S| > {m}"] = bool(
         all(v.any() for v in mixed.values()))
-    table = lambda da: {f"{g0:g}": {f"{g1:g}": round(float(da.sel(gamma_0=g0, gamma_1=g1)), 3)
-                                    for g1 in da.gamma_1.values} for g0 in da.gamma_0.values}
+    table = lambda da: analysis.grid_table(da, "gamma_0", "gamma_1")
     return {"slope_S_W1": table(w1), "slope_S_W2": table(w2),
             "mixed_regime_points": {k: [[float(a), float(b)] for a, b in zip(*[v.where(v, drop=True)[d].values
                                                                                  for d in ("gamma_0", "gamma_1")])]
@@ -97,9 +96,8 @@ def summarize(ds, config: dict) -> dict:
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
-    import matplotlib.pyplot as plt
     s = slopes(ds)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), constrained_layout=True)
+    fig, axes = plot.figure(1, 3, (17, 4.8))
     for ax, (layer, name) in zip(axes, HIDDEN.items()):
         plot.value_map(ax, s.sel(layer=layer).T, "gamma_0", "gamma_1", f"S of {name}")
         ax.set_title(f"{name}: RD({name}) ~ m^S")

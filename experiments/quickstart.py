@@ -40,10 +40,10 @@ def build(width: int, config: dict) -> simulate.Simulation:
         converge_below=config["tol"], derive=lr)
 
 
-def run_sweep(config: dict):
+def run_sweep(config: dict, **options):
     return sweep.sweep(lambda width: build(width, config), grid={"gamma": config["gammas"]},
                        static={"width": config["widths"]}, seeds=config["seeds"],
-                       progress=config.get("progress"))
+                       **options)
 
 
 def input_weight_rd(ds):

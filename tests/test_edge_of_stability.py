@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from engine import experiment, sweep
+from engine import analysis, data, experiment, sweep
 from experiments import edge_of_stability as eos
 
 
@@ -23,7 +23,7 @@ def test_gd_sharpens_to_two_over_eta_and_hovers_there(tmp_path):
     ds = sweep.load(tmp_path / "results.nc")
     assert ds.sharpness.dims == ("seed", "lr", "step")
     # the sharpness never settles far above 2/eta: GD would diverge there
-    late = eos.late_phase(ds, config).sharpness / (2 / ds.lr)
+    late = analysis.late_phase(ds, config["late"]).sharpness / (2 / ds.lr)
     assert float(late.max()) < 1.3 and np.isfinite(late).all()
 
 
@@ -45,6 +45,6 @@ def test_paper_preset_runs_on_the_users_cifar_shaped_npz(tmp_path):
     experiment.run(eos, config, tmp_path / "out", progress=False)
     ds = sweep.load(tmp_path / "out" / "results.nc")
     assert ds.sharpness.sizes == {"seed": 1, "lr": 4, "step": 3} and np.isfinite(ds.sharpness).all()
-    d = eos.training_set(str(path), 50)
+    d = data.named(str(path), 50)  # the data set by name, as the preset names it
     np.testing.assert_allclose(d.x.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(d.x.std(0), 1, atol=1e-4)
