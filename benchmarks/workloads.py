@@ -6,7 +6,8 @@ Each workload attaches the goals of the performance issue (2-core CPU) to the re
 they apply to, where it creates them: phase_sweep's "auto" speedup >= 10 over the loop;
 digits_mlp's "auto" peak_fraction >= 0.8; a lone HVP hvp_over_grad <= 2.5; the tiny
 edge-of-stability sweep speedup >= 100 over the eigsh loop, the digits one >= 3; every
-probed sweep probe_cost <= 1.5 over the same sweep bare (`PROBE_COST`).
+probed sweep probe_cost <= 1.5 over the same sweep bare (`PROBE_COST`); a learning-rate
+schedule >= 0.95 of the constant rate's speed.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from benchmarks.baselines import eigsh_loop, per_run_scan, user_loop
 from benchmarks.measure import (engine_record, hvps_per_warm_probe, measured, picked, plan_memory_mb, timed,
                                 train_flops_per_step)
 from benchmarks.report import Goal, Record
-from engine import curvature, data, init, losses, models, optim, probes, simulate, sweep
+from engine import curvature, data, init, losses, models, optim, probes, schedules, simulate, sweep
 
 PROBE_COST = Goal("probe_cost", "<=", 1.5)  # a probed sweep against the same sweep bare
 DIGITS = dict(layers="64-200-200-10", network="mlp_64-200-200-10_tanh_digits")
@@ -221,6 +222,32 @@ def scaling(quick: bool, peak: float) -> list[Record]:
     return out
 
 
+def schedule_cost(quick: bool, peak: float) -> list[Record]:
+    """What a learning-rate schedule adds to a run-step: the 1-100-1 tanh network on
+    chebyshev-3-20 (the cheapest step, so the worst case) under GD, 8 warmup lengths x
+    8 seeds with warmup-stable-decay, against the same sweep over 8 constant rates. The
+    two sweeps are timed three times each, interleaved (compiled once), and the fastest
+    kept; speedup = scheduled / constant rate, goal >= 0.95 (a schedule adds < 5%)."""
+    steps = 400 if quick else 2000
+    model = models.mlp((1, 100, 1), "tanh")
+
+    def simulation(schedule):
+        return simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(lr=0.05, schedule=schedule),
+                                   init.scaled(model), steps=steps, every=steps // 10, probes=("loss",))
+    wsd = schedules.wsd(decay_start=0.8 * steps, decay_steps=0.2 * steps, final_lr_fraction=0.1)
+    sweeps = {"constant": (simulation(None), {"lr": [0.01 * (i + 1) for i in range(8)]}),
+              "wsd": (simulation(wsd), {"warmup_steps": [float(w) for w in np.linspace(0, 0.2 * steps, 8)]})}
+    plans = {name: [] for name in sweeps}
+    for _ in range(3):  # interleaved, so neither pays for going first
+        for name, (sim, grid) in sweeps.items():
+            plans[name].append(sweep.config_of(sweep.sweep(sim, grid=grid, seeds=8, progress=False))["plans"][0])
+    base, rate = (max(64 * steps / p["seconds"]["run"] for p in plans[name]) for name in sweeps)
+    plan = plans["wsd"][0]
+    return [measured("schedule_cost", 64, steps, "auto", picked(plan), rate, "constant_lr_sweep", base, peak,
+                     plan["seconds"]["compile"], layers="1-100-1", memory_mb=plan_memory_mb(plan),
+                     goal=Goal("speedup", ">=", 0.95))]
+
+
 WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": batching,
              "hvp_cost": hvp_cost, "sharpness_overhead": sharpness_overhead,
-             "adam_curvature": adam_curvature, "scaling": scaling}
+             "adam_curvature": adam_curvature, "scaling": scaling, "schedule_cost": schedule_cost}

@@ -22,9 +22,16 @@ the same state. Nothing rebuilds an optimizer from a dict.
 
 Full batch by default; minibatch SGD is `gd` with `batch_size` set in
 `engine.simulate.simulation` (a per-run key draws the batches).
+
+A learning-rate schedule (`engine.schedules`) is given to the constructor,
+`adam(lr=1e-3, schedule=schedules.wsd(...))`: the t-th update is multiplied by the
+schedule's factor s(t) (optax's `scale_by_schedule`, counting updates), so it is taken
+with lr_t = lr * s(t); the schedule's numbers are hyperparameters held in the state
+beside `lr`, and `learning_rate(state)` gives the rate of the next update.
 """
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import jax
@@ -32,17 +39,27 @@ import jax.numpy as jnp
 import optax
 
 from engine.errors import POSITIVE, UNIT, ConfigError, Range, choose
+from engine.schedules import Schedule
 
 NONNEGATIVE = Range(0)
 
 
 class Optimizer(NamedTuple):
-    """name; defaults: {hyperparameter: value}; ranges: {hyperparameter: `errors.Range`};
-    tx: `optax.inject_hyperparams(factory)(**defaults)`, built once."""
+    """name; defaults: {hyperparameter: value}, the schedule's included; ranges:
+    {hyperparameter: `errors.Range`}; tx: `optax.inject_hyperparams(factory)(**defaults)`,
+    built once; schedule: the `engine.schedules.Schedule` of the learning rate, or None."""
     name: str
     defaults: dict
     ranges: dict
     tx: optax.GradientTransformation
+    schedule: Schedule | None = None
+
+    def learning_rate(self, opt_state):
+        """The rate of the next update: lr times the schedule's s(t), t the updates taken."""
+        h = hyperparams(opt_state)
+        if self.schedule is None:
+            return h["lr"]
+        return h["lr"] * self.schedule.factor(opt_state.count, **{k: h[k] for k in self.schedule.defaults})
 
     def init(self, params, hparams: dict | None = None):
         """The optimizer state of a run starting at `params`, holding the values in
@@ -58,19 +75,38 @@ class Optimizer(NamedTuple):
             raise ConfigError(name, f"{self.name} got {value!r}", f"use {allowed}")
 
 
+def _scheduled(factory, schedule: Schedule | None):
+    """`factory`, its update multiplied by the schedule's factor s(t) at update t."""
+    if schedule is None:
+        return factory
+
+    def build(**hp):
+        own = {k: hp.pop(k) for k in schedule.defaults}
+        return optax.chain(factory(**hp), optax.scale_by_schedule(lambda t: schedule.factor(t, **own)))
+    # inject_hyperparams finds the hyperparameters in the factory's signature: name them all
+    names = [*inspect.signature(factory).parameters, *schedule.defaults]
+    build.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
+    return build
+
+
 def _make(name, factory, defaults, ranges):
-    """The constructor `name(**overrides) -> Optimizer` of the optax `factory`, whose
-    keyword arguments are the hyperparameters."""
-    def constructor(**overrides):
+    """The constructor `name(schedule=None, **overrides) -> Optimizer` of the optax
+    `factory`, whose keyword arguments are the hyperparameters."""
+    def constructor(schedule: Schedule | None = None, **overrides):
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
             raise ConfigError(f"optimizer.{unknown[0]}", f"'{name}' has no hyperparameter {unknown[0]!r}",
                               f"use one of {', '.join(defaults)}")
-        values = {**defaults, **overrides}
-        opt = Optimizer(name, values, ranges, None)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ConfigError("schedule", f"got {schedule!r}",
+                              "use one of engine.schedules (e.g. schedules.warmup(100)) or None")
+        own = {} if schedule is None else schedule.defaults
+        values = {**defaults, **overrides, **own}
+        opt = Optimizer(name, values, {**ranges, **({} if schedule is None else schedule.ranges)}, None, schedule)
         for k, v in values.items():
             opt.check(k, v)
-        return opt._replace(tx=optax.inject_hyperparams(factory)(**{k: float(v) for k, v in values.items()}))
+        tx = optax.inject_hyperparams(_scheduled(factory, schedule))(**{k: float(v) for k, v in values.items()})
+        return opt._replace(tx=tx)
     constructor.__name__ = name
     constructor.__doc__ = f"The '{name}' optimizer; hyperparameters and defaults: {defaults}."
     return constructor
@@ -190,6 +226,8 @@ def stability_threshold(optimizer: Optimizer, hparams: dict):
                   (Cohen et al. 2022); Bai et al. 2025 write the same condition as
                   lambda_max(H_hat) < 2/lr with H_hat = ((1 - b1)/(1 + b1)) P^-1 H
         rmsprop, adagrad  2 / lr  for lambda_max(P^-1 H)
+    Under a schedule pass the rate in force (`learning_rate(state)`, recorded as
+    `scheduled_lr`): the threshold moves with it, 2 / eta_t for GD.
     """
     h = {**optimizer.defaults, **hparams}
     lr = h["lr"]

@@ -37,12 +37,12 @@ import numpy as np
 import optax
 
 from engine.data import Dataset, check_dataset
-from engine.errors import FINITE, ConfigError, require
+from engine.errors import FINITE, ConfigError, Range, require
 from engine.init import Initializer, scaled
 from engine.losses import loss_function
 from engine.models import Model, layers
 from engine.optim import Optimizer, gd, with_hyperparams
-from engine.probes import Probe, Snapshot, chain_of
+from engine.probes import Probe, Snapshot, chain, chain_of, scalar
 
 FLAGS = ("diverged", "diverged_step", "converged", "converged_step")
 
@@ -240,12 +240,14 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
 
     record_steps = np.unique(np.minimum(np.arange(0, steps + every, every), steps))
     coords = {"layer": [name for name, _ in layers(params_shape)], **probe.coords}
-    ranges = {**{k: FINITE for k in init.defaults}, **optimizer.ranges}
+    ranges = {**{k: FINITE for k in init.defaults}, **optimizer.ranges,
+              **{k: Range(0, steps) for k in (optimizer.schedule.steps if optimizer.schedule else ())}}
     config = {
         "model": model.name, "layer_shapes": model.layer_shapes or (),
         "n_params": int(sum(np.prod(l.shape) for l in jax.tree.leaves(params_shape))),
         "data_shape": list(data.x.shape), "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-        "optimizer": optimizer.name, "init": init.name, "steps": steps, "every": every,
+        "optimizer": optimizer.name, "schedule": optimizer.schedule and optimizer.schedule.name,
+        "init": init.name, "steps": steps, "every": every,
         "probes": [p.name for p in probe.members], "batch_size": batch_size,
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
     }
@@ -281,6 +283,15 @@ def _check_arguments(model, data, loss, optimizer, init, steps, every, probes, b
                 "use a positive number or None")
     probe = chain_of(probes)
     probe.check(data, optimizer)
+    if optimizer.schedule is not None:
+        require("lr" not in probe.sets, "probes", f"{', '.join(m.name for m in probe.members if 'lr' in m.sets)} "
+                f"sets lr, but the optimizer follows the schedule {optimizer.schedule.name!r}",
+                "drop the step-size probe or the schedule: a rate chosen from the curvature is not scheduled")
+        for name in optimizer.schedule.steps:
+            value = optimizer.defaults[name]
+            require(value <= steps, name, f"{value:g} steps, longer than the run ({steps} steps)",
+                    f"use {name} <= {steps}, or train for more steps")
+        probe = chain(probe, scalar("scheduled_lr", lambda snap: optimizer.learning_rate(snap.opt_state)))
     params_shape = jax.eval_shape(lambda: model.init(jax.random.key(0)))
     _check_model_fits(model, params_shape, data)
     return optimizer, init, loss_fn, probe, params_shape

@@ -7,7 +7,7 @@ import jax.monitoring
 import numpy as np
 import pytest
 
-from engine import data, experiment, init, models, optim, probes, simulate, sweep
+from engine import data, experiment, init, models, optim, probes, schedules, simulate, sweep
 from engine.errors import ConfigError
 
 
@@ -107,6 +107,16 @@ CASES = {
         "cross_entropy")),
     "two features into a one-input model": ("data.x", lambda: simulate.simulation(
         models.mlp((1, 4, 1)), data.Dataset(np.zeros((20, 2), np.float32), np.zeros((20, 1), np.float32)))),
+    "unknown schedule": ("schedule", lambda: schedules.schedule("cosine")),
+    "unknown decay shape": ("schedule.shape", lambda: schedules.wsd(shape="exponential")),
+    "a schedule that is not one": ("schedule", lambda: optim.adam(schedule="warmup")),
+    "warmup longer than the run": ("warmup_steps", lambda: two_layer(
+        steps=20, optimizer=optim.gd(schedule=schedules.warmup(100)))),
+    "swept warmup longer than the run": ("warmup_steps", lambda: sweep.sweep(
+        two_layer(steps=20, optimizer=optim.gd(schedule=schedules.warmup(10))), grid={"warmup_steps": [10, 50]})),
+    "final fraction above 1": ("final_lr_fraction", lambda: optim.gd(schedule=schedules.wsd(final_lr_fraction=2.0))),
+    "step size under a schedule": ("probes", lambda: two_layer(
+        optimizer=optim.gd(schedule=schedules.warmup(10)), probes=("loss", probes.step_size()))),
     "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
         lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
 }
