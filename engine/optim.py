@@ -28,6 +28,14 @@ A learning-rate schedule (`engine.schedules`) is given to the constructor,
 schedule's factor s(t) (optax's `scale_by_schedule`, counting updates), so it is taken
 with lr_t = lr * s(t); the schedule's numbers are hyperparameters held in the state
 beside `lr`, and `learning_rate(state)` gives the rate of the next update.
+
+Weight decay, for every optimizer and traced like any hyperparameter:
+    weight_decay=wd   decoupled (AdamW's rule, Loshchilov & Hutter 2019): the update gains
+                      -lr_t wd theta; adamw and lion have it built in
+    l2=c              coupled: the objective becomes L(theta) + c/2 ||theta||^2
+                      (`engine.simulate`), so the gradient, the recorded `loss` and
+                      every curvature probe's Hessian (H + c I) include it; `test_loss`
+                      stays the data loss
 """
 from __future__ import annotations
 
@@ -75,40 +83,68 @@ class Optimizer(NamedTuple):
             raise ConfigError(name, f"{self.name} got {value!r}", f"use {allowed}")
 
 
-def _scheduled(factory, schedule: Schedule | None):
-    """`factory`, its update multiplied by the schedule's factor s(t) at update t."""
-    if schedule is None:
-        return factory
-
-    def build(**hp):
-        own = {k: hp.pop(k) for k in schedule.defaults}
-        return optax.chain(factory(**hp), optax.scale_by_schedule(lambda t: schedule.factor(t, **own)))
-    # inject_hyperparams finds the hyperparameters in the factory's signature: name them all
-    names = [*inspect.signature(factory).parameters, *schedule.defaults]
+def _keyword_signature(build, names):
+    """`build` declaring `names` as its keyword arguments: inject_hyperparams finds a
+    factory's hyperparameters in its signature."""
     build.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
     return build
 
 
+def _decayed(factory):
+    """`factory` with decoupled weight decay: the update gains -lr * weight_decay * theta
+    (AdamW's rule, Loshchilov & Hutter 2019, for any optimizer; scheduled with lr)."""
+    def build(**hp):
+        weight_decay = hp.pop("weight_decay")
+        return optax.chain(factory(**hp), optax.add_decayed_weights(-hp["lr"] * weight_decay))
+    return _keyword_signature(build, [*inspect.signature(factory).parameters, "weight_decay"])
+
+
+def _with_l2(factory):
+    """`factory` holding `l2` among its hyperparameters without using it: coupled L2 is a
+    term of the objective (`engine.simulate`), so its gradient and Hessian include it."""
+    def build(**hp):
+        hp.pop("l2")
+        return factory(**hp)
+    return _keyword_signature(build, [*inspect.signature(factory).parameters, "l2"])
+
+
+def _scheduled(factory, schedule: Schedule):
+    """`factory`, its update multiplied by the schedule's factor s(t) at update t."""
+    def build(**hp):
+        own = {k: hp.pop(k) for k in schedule.defaults}
+        return optax.chain(factory(**hp), optax.scale_by_schedule(lambda t: schedule.factor(t, **own)))
+    return _keyword_signature(build, [*inspect.signature(factory).parameters, *schedule.defaults])
+
+
 def _make(name, factory, defaults, ranges):
     """The constructor `name(schedule=None, **overrides) -> Optimizer` of the optax
-    `factory`, whose keyword arguments are the hyperparameters."""
+    `factory`, whose keyword arguments are the hyperparameters. `weight_decay=` adds
+    decoupled weight decay to an optimizer that has none of its own; `l2=` adds the
+    coupled L2 coefficient the simulation puts into the objective."""
     def constructor(schedule: Schedule | None = None, **overrides):
-        unknown = sorted(set(overrides) - set(defaults))
+        build, own_defaults, own_ranges = factory, dict(defaults), dict(ranges)
+        if "weight_decay" in overrides and "weight_decay" not in defaults:
+            build, own_defaults["weight_decay"], own_ranges["weight_decay"] = _decayed(build), 0.0, NONNEGATIVE
+        if "l2" in overrides:
+            build, own_defaults["l2"], own_ranges["l2"] = _with_l2(build), 0.0, NONNEGATIVE
+        unknown = sorted(set(overrides) - set(own_defaults))
         if unknown:
             raise ConfigError(f"optimizer.{unknown[0]}", f"'{name}' has no hyperparameter {unknown[0]!r}",
-                              f"use one of {', '.join(defaults)}")
+                              f"use one of {', '.join(dict.fromkeys([*own_defaults, 'weight_decay', 'l2']))}")
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ConfigError("schedule", f"got {schedule!r}",
                               "use one of engine.schedules (e.g. schedules.warmup(100)) or None")
-        own = {} if schedule is None else schedule.defaults
-        values = {**defaults, **overrides, **own}
-        opt = Optimizer(name, values, {**ranges, **({} if schedule is None else schedule.ranges)}, None, schedule)
+        if schedule is not None:
+            build, own_ranges = _scheduled(build, schedule), {**own_ranges, **schedule.ranges}
+        values = {**own_defaults, **overrides, **({} if schedule is None else schedule.defaults)}
+        opt = Optimizer(name, values, own_ranges, None, schedule)
         for k, v in values.items():
             opt.check(k, v)
-        tx = optax.inject_hyperparams(_scheduled(factory, schedule))(**{k: float(v) for k, v in values.items()})
-        return opt._replace(tx=tx)
+        return opt._replace(tx=optax.inject_hyperparams(build)(**{k: float(v) for k, v in values.items()}))
     constructor.__name__ = name
-    constructor.__doc__ = f"The '{name}' optimizer; hyperparameters and defaults: {defaults}."
+    constructor.__doc__ = (f"The '{name}' optimizer; hyperparameters and defaults: {defaults}"
+                           + ("" if "weight_decay" in defaults else "; weight_decay= adds decoupled weight decay")
+                           + "; l2= adds coupled L2 (l2/2 ||theta||^2 in the objective).")
     return constructor
 
 

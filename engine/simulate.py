@@ -41,7 +41,7 @@ from engine.errors import FINITE, ConfigError, Range, require
 from engine.init import Initializer, scaled
 from engine.losses import loss_function
 from engine.models import Model, layers
-from engine.optim import Optimizer, gd, with_hyperparams
+from engine.optim import Optimizer, gd, hyperparams, with_hyperparams
 from engine.probes import Probe, Snapshot, chain, chain_of, scalar
 
 FLAGS = ("diverged", "diverged_step", "converged", "converged_step")
@@ -164,11 +164,22 @@ def freeze(state: RunState, loss_value, params, opt_state, steps: int, diverge_a
         converged=state.converged | converging, converged_step=jnp.where(converging, t, state.converged_step))
 
 
+def regularized(objective: Callable, opt_state) -> Callable:
+    """The objective the run minimizes: `objective`, plus l2/2 ||theta||^2 when the
+    optimizer holds a coupled L2 coefficient `l2` (`engine.optim`)."""
+    h = hyperparams(opt_state)
+    if "l2" not in h:
+        return objective
+    return lambda params, x, y: objective(params, x, y) + 0.5 * h["l2"] * sum(
+        jnp.sum(p * p) for p in jax.tree.leaves(params))
+
+
 def train_step(state: RunState, data: Dataset, objective: Callable, tx, steps: int, batch_size=None,
                diverge_above=None, converge_below=None) -> RunState:
     """examples -> update -> freeze."""
     x, y = examples(state, data, batch_size)
-    loss_value, params, opt_state = update(objective, tx, state.params, state.opt_state, x, y)
+    loss_value, params, opt_state = update(regularized(objective, state.opt_state), tx, state.params,
+                                           state.opt_state, x, y)
     return freeze(state, loss_value, params, opt_state, steps, diverge_above, converge_below)
 
 
@@ -178,6 +189,7 @@ def observe(state: RunState, data: Dataset, probe: Probe, objective: Callable, m
     """Measure the probe chain on the run now: (state with the probes' new states and
     the hyperparameters they set, records). After divergence a run's records are NaN:
     its frozen values are not a trajectory."""
+    objective = regularized(objective, state.opt_state)
     snap = Snapshot(state.params, lambda p: objective(p, data.x, data.y), objective, model.apply, data,
                     loss_fn, state.opt_state, tx.update, jax.random.fold_in(state.key, state.step), first)
     values, probe_state = probe.measure(snap, state.probe_state)

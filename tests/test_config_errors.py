@@ -117,6 +117,7 @@ CASES = {
     "final fraction above 1": ("final_lr_fraction", lambda: optim.gd(schedule=schedules.wsd(final_lr_fraction=2.0))),
     "step size under a schedule": ("probes", lambda: two_layer(
         optimizer=optim.gd(schedule=schedules.warmup(10)), probes=("loss", probes.step_size()))),
+    "negative weight decay": ("weight_decay", lambda: optim.gd(weight_decay=-0.1)),
     "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
         lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
 }

@@ -51,3 +51,21 @@ def test_adam_raw_has_no_bias_correction_and_allows_eps_zero():
         u, state = tx.update(g, state, x)
         np.testing.assert_allclose(u, -0.1 * m / np.sqrt(v), rtol=1e-6)
         x = x + u
+
+
+@pytest.mark.parametrize("name", ["gd", "momentum", "adam", "rmsprop"])
+def test_decoupled_weight_decay_is_adamws_rule_for_every_optimizer(name):
+    """weight_decay= adds -lr * weight_decay * theta to any optimizer's update (AdamW's
+    decoupled rule): adam with it is optax.adamw; the others are optax's optimizer chained
+    with that decay. Traced: two values vmapped in one program."""
+    opt = optim.optimizer(name, weight_decay=0.1)
+    wds = jnp.array([0.0, 0.1, 0.5])
+    traced = jax.jit(jax.vmap(lambda wd: descend(opt.tx, lambda p: opt.init(p, {"weight_decay": wd}))))(wds)
+    for i, wd in enumerate(wds.tolist()):
+        h = {**opt.defaults, "weight_decay": wd}
+        plain = (optax.adamw(h["lr"], h["b1"], h["b2"], h["eps"], weight_decay=wd) if name == "adam" else
+                 optax.chain(DIRECT[name](h), optax.add_decayed_weights(-h["lr"] * wd)))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-7), traced, descend(plain))
+    no_decay = descend(optim.optimizer(name).tx)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b), traced, no_decay)  # wd = 0: unchanged
+    assert float(jnp.abs(traced["b"][2]).sum()) < float(jnp.abs(traced["b"][0]).sum())  # decay shrinks weights

@@ -89,3 +89,32 @@ def test_probe_order_does_not_change_any_record(tiny_sim):
     for traj in trajs[1:]:
         for name in trajs[0]:
             np.testing.assert_array_equal(traj[name], trajs[0][name], err_msg=name)
+
+
+def test_coupled_l2_is_in_the_loss_its_gradient_and_the_hessian_the_probes_see():
+    """optim.gd(l2=c): the run minimizes L + c/2 ||theta||^2. In float64 its trajectory is
+    optax's sgd on that gradient (add_decayed_weights(c) before it), the recorded loss
+    includes the penalty, and the recorded sharpness is the top eigenvalue of the dense
+    Hessian of the penalized loss (H + c I), to 1e-6."""
+    from jax.flatten_util import ravel_pytree
+    with jax.enable_x64(True):
+        model, d = models.mlp((1, 8, 1), "tanh"), data.chebyshev(3, 20)
+        sim = simulate.simulation(model, d, "mse", optim.gd(lr=0.1, l2=0.0), init.scaled(model), steps=20,
+                                  every=10, probes=("loss", probes.sharpness(iters=25, warm_iters=25)))
+        hp = {"l2": 0.3}
+        state, rec0 = sim.init(jax.random.key(0), hp, sim.data)
+        state, recs = sim.advance(state, sim.data, 2)
+        data_loss = lambda p: 0.5 * jnp.mean(jnp.sum((model.apply(p, d.x) - d.y) ** 2, -1))
+        penalized = lambda p: data_loss(p) + 0.15 * sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
+        params = init.scaled(model).sample(jax.random.split(jax.random.key(0))[0], {"init_scale": 1.0})
+        tx = optax.chain(optax.add_decayed_weights(0.3), optax.sgd(0.1))
+        opt_state = tx.init(params)
+        for _ in range(20):
+            u, opt_state = tx.update(jax.grad(data_loss)(params), opt_state, params)
+            params = optax.apply_updates(params, u)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), state.params, params)
+        np.testing.assert_allclose(recs["loss"][-1], penalized(params), rtol=1e-10)
+        flat, unravel = ravel_pytree(params)
+        top = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: penalized(unravel(f)))(flat)))[-1]
+        np.testing.assert_allclose(recs["sharpness"][-1], top, rtol=1e-6)
+        assert float(recs["loss"][-1]) > float(data_loss(params))  # the penalty is counted
