@@ -257,6 +257,24 @@ def trace(samples: int = 16, examples: int | None = None) -> Probe:
     return Probe("trace", measure, {"trace": (), "trace_error": ()})
 
 
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+
+
+def with_precision(probe: Probe, precision: str = "highest") -> Probe:
+    """`probe` with its matrix products at `precision` (`jax.default_matmul_precision`):
+    "highest" (= "float32") asks for full float32 products where the default is lower,
+    as on H100/H200-class GPUs, which run float32 matmuls as TF32 (~1e-3 relative) unless
+    told otherwise; the cost is the slower full-precision products. On CPUs every
+    float32 product is full precision already. Training itself keeps JAX's setting."""
+    require(precision in MATMUL_PRECISIONS, "probes.precision", f"got {precision!r}",
+            f"use one of {', '.join(MATMUL_PRECISIONS)}")
+
+    def measure(snap, state):
+        with jax.default_matmul_precision(precision):
+            return probe.measure(snap, state)
+    return probe._replace(measure=measure)
+
+
 def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_max: float = 1e3) -> Probe:
     """Sets the learning rate a run can afford now: lr = min(lr_max, fraction * 2 / ||H||_2),
     ||H||_2 = max |lambda(H)| by power iteration (`engine.curvature.spectral_norm`),

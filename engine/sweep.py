@@ -466,7 +466,8 @@ def _attrs(sim, grid, seeds, static, plans, devices, base_seed, name) -> dict:
               "base_seed": base_seed, "plans": plans}
     return {"config": json.dumps(config, default=str), "versions": json.dumps(versions()),
             "device": f"{devices[0].platform}:{devices[0].device_kind} x{len(devices)}",
-            "x64": int(jax.config.jax_enable_x64)}
+            "device_kind": devices[0].device_kind, "x64": int(jax.config.jax_enable_x64),
+            "matmul_precision": str(jax.config.jax_default_matmul_precision or "default")}
 
 
 # ----------------------------------------------------------------------------- files

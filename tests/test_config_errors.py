@@ -118,6 +118,7 @@ CASES = {
     "step size under a schedule": ("probes", lambda: two_layer(
         optimizer=optim.gd(schedule=schedules.warmup(10)), probes=("loss", probes.step_size()))),
     "negative weight decay": ("weight_decay", lambda: optim.gd(weight_decay=-0.1)),
+    "unknown matmul precision": ("probes.precision", lambda: probes.with_precision(probes.sharpness(), "fp32")),
     "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
         lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
 }

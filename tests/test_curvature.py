@@ -305,3 +305,21 @@ def test_an_unconverged_eigen_solve_says_so_through_its_residual(x64):
     full = curvature.top_eigenvalues(loss_fn, params, jax.random.key(1), k=1, iters=40)
     assert abs(short.values[0] - top) / top > 1e-3 and short.residuals[0] > 1e-2
     assert abs(full.values[0] - top) / top < 1e-8 and full.residuals[0] < 1e-5
+
+
+def test_a_probe_can_ask_for_full_float32_products():
+    """probes.with_precision(p, "highest") lowers every product of the probe at HIGHEST
+    precision (GPUs default float32 matmuls to TF32) and leaves training alone; on CPU,
+    where float32 products are full precision anyway, the records are unchanged."""
+    from engine import probes
+    model = models.mlp((1, 16, 1), "tanh")
+
+    def run(probe):
+        sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(lr=0.1), init.scaled(model),
+                                  steps=20, every=10, probes=("loss", probe))
+        return jax.jit(sim.run).lower(jax.random.key(0), {}).as_text(), jax.jit(sim.run)(jax.random.key(0), {})
+    plain_text, plain = run(probes.sharpness())
+    full_text, full = run(probes.with_precision(probes.sharpness(), "highest"))
+    assert "HIGHEST" not in plain_text and full_text.count("HIGHEST") > 10
+    for name in plain:
+        np.testing.assert_array_equal(full[name], plain[name], err_msg=name)
