@@ -249,6 +249,15 @@ def top_eigenvalues(loss_fn: Callable, params, key, k: int = 1, iters: int = 20,
     return _one_run_at_a_time(solve)(params, X0, precond)
 
 
+def smallest_eigenvalue(loss_fn: Callable, params, key, iters: int = 20, init=None,
+                        mode: str = "forward_over_reverse", tol: float | None = None) -> Eigen:
+    """lambda_min of H, signed: the top eigenpair of -H, negated (Lanczos; residuals are
+    those of H). Power iteration on H finds the eigenvalue of largest magnitude, which
+    can be a large negative one; Lanczos on H and on -H gives both ends."""
+    eig = top_eigenvalues(lambda p: -loss_fn(p), params, key, 1, iters, init=init, mode=mode, tol=tol)
+    return eig._replace(values=-eig.values)
+
+
 def sharpness(loss_fn: Callable, params, key, iters: int = 20) -> jax.Array:
     """lambda_max of the Hessian of the training loss (Cohen et al. 2021). Scalar."""
     return top_eigenvalues(loss_fn, params, key, 1, iters).values[0]

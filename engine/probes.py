@@ -170,6 +170,14 @@ def _key(snap: Snapshot, name: str):
     return jax.random.fold_in(snap.key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
+def _warm_solve(solve, snap: Snapshot, vectors, iters: int, warm_iters: int):
+    """One Lanczos solve `solve(iters, init)`, cold at step 0 and warm-started from
+    `vectors` after: (eigenpairs, the vectors to start from next time; kept when the
+    solve failed, so that it cannot poison the next one)."""
+    eig = solve(iters if snap.first else warm_iters, None if snap.first else vectors)
+    return eig, jnp.where(jnp.all(jnp.isfinite(eig.vectors)), eig.vectors, vectors)
+
+
 def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, preconditioned, mode, tol):
     curvature.check_solver(k, iters, method, tol, mode, prefix="probes.")
     curvature.check_solver(k, warm_iters, method, tol, mode, prefix="probes.", iters_name="warm_iters")
@@ -185,12 +193,9 @@ def _eigen_probe(name, residual_name, k, iters, warm_iters, method, examples, pr
         # Warm start from the previous top-k eigenvectors alone: tracking extra Ritz
         # vectors was measured to cost accuracy (it spends products on the block and its
         # poorly converged members), see tests/test_curvature.py.
-        eig = curvature.top_eigenvalues(
-            _loss_on(snap, examples), snap.params, _key(snap, name), k=k,
-            iters=iters if snap.first else warm_iters, method=method, precond=precond,
-            init=None if snap.first else vectors, mode=mode, tol=tol)
-        ok = jnp.all(jnp.isfinite(eig.vectors))  # a failed solve must not poison the next one
-        vectors = jnp.where(ok, eig.vectors, vectors)
+        eig, vectors = _warm_solve(lambda n, v: curvature.top_eigenvalues(
+            _loss_on(snap, examples), snap.params, _key(snap, name), k=k, iters=n, method=method,
+            precond=precond, init=v, mode=mode, tol=tol), snap, vectors, iters, warm_iters)
         pick = (lambda a: a) if k > 1 else (lambda a: a[0])
         return {name: pick(eig.values), residual_name: pick(eig.residuals),
                 products_name: eig.products.astype(eig.values.dtype)}, vectors
@@ -228,6 +233,70 @@ def preconditioned_sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10,
     `preconditioned_eigen_residual` and `preconditioned_eigen_products`."""
     return _eigen_probe("preconditioned_sharpness", "preconditioned_eigen_residual", k, iters,
                         warm_iters, method, examples, True, mode, tol)
+
+
+def hessian_extremes(iters: int = 20, warm_iters: int = 10, examples: int | None = None) -> Probe:
+    """Both ends of the Hessian spectrum, signed: `lambda_max` and `lambda_min` (the top
+    eigenvalue of -H, negated; `engine.curvature.smallest_eigenvalue`), with their
+    residuals `lambda_max_residual`, `lambda_min_residual`. Two Lanczos solves, each
+    warm-started from its own previous eigenvector."""
+    curvature.check_solver(1, iters, prefix="probes.")
+    curvature.check_solver(1, warm_iters, prefix="probes.", iters_name="warm_iters")
+    _check_examples(examples)
+
+    def init(params):
+        flat = ravel_pytree(params)[0]
+        return jnp.zeros((2, 1, flat.shape[0]), flat.dtype)
+
+    def measure(snap: Snapshot, vectors):
+        loss_fn, key = _loss_on(snap, examples), _key(snap, "hessian_extremes")
+        size = vectors.shape[-1]  # Lanczos spends at most one product per parameter
+        top, v_max = _warm_solve(lambda n, v: curvature.top_eigenvalues(
+            loss_fn, snap.params, key, 1, min(n, size), init=v), snap, vectors[0], iters, warm_iters)
+        low, v_min = _warm_solve(lambda n, v: curvature.smallest_eigenvalue(
+            loss_fn, snap.params, key, min(n, size), init=v), snap, vectors[1], iters, warm_iters)
+        return {"lambda_max": top.values[0], "lambda_min": low.values[0], "lambda_max_residual": top.residuals[0],
+                "lambda_min_residual": low.residuals[0]}, jnp.stack([v_max, v_min])
+
+    return Probe("hessian_extremes", measure, dict.fromkeys(
+        ("lambda_max", "lambda_min", "lambda_max_residual", "lambda_min_residual"), ()), init)
+
+
+def _with_layer(params, i: int, block):
+    """`params` with its i-th layer (`engine.models.layers` order) replaced by `block`."""
+    if isinstance(params, (tuple, list)):
+        return type(params)([block if j == i else p for j, p in enumerate(params)])
+    name = layers(params)[i][0]
+    return {**params, name: block}
+
+
+def layer_sharpness(iters: int = 20, warm_iters: int = 10, examples: int | None = None) -> Probe:
+    """lambda_max of each layer's diagonal block of the Hessian (the Hessian of the loss
+    in that layer's parameters, the others held), dim `layer`, and its residual
+    (`layer_sharpness_residual`). One Lanczos solve per layer, at most as many products
+    as the layer has parameters, warm-started from the layer's previous eigenvector."""
+    curvature.check_solver(1, iters, prefix="probes.")
+    curvature.check_solver(1, warm_iters, prefix="probes.", iters_name="warm_iters")
+    _check_examples(examples)
+
+    def init(params):
+        return tuple(jnp.zeros((1, ravel_pytree(p)[0].shape[0]), ravel_pytree(p)[0].dtype) for _, p in layers(params))
+
+    def measure(snap: Snapshot, vectors):
+        loss_fn, values, residuals, out = _loss_on(snap, examples), [], [], []
+        for i, (_, block) in enumerate(layers(snap.params)):
+            size = vectors[i].shape[1]
+            block_loss = lambda q, i=i: loss_fn(_with_layer(snap.params, i, q))
+            eig, v = _warm_solve(lambda n, v: curvature.top_eigenvalues(
+                block_loss, block, _key(snap, f"layer_sharpness_{i}"), 1, min(n, size), init=v),
+                snap, vectors[i], iters, warm_iters)
+            values.append(eig.values[0])
+            residuals.append(eig.residuals[0])
+            out.append(v)
+        return {"layer_sharpness": jnp.stack(values), "layer_sharpness_residual": jnp.stack(residuals)}, tuple(out)
+
+    return Probe("layer_sharpness", measure, {"layer_sharpness": ("layer",), "layer_sharpness_residual": ("layer",)},
+                 init)
 
 
 def directional_curvature(examples: int | None = None, preconditioned: bool = False) -> Probe:
@@ -369,6 +438,8 @@ BUILTIN = {
     "directional_curvature": directional_curvature,
     "preconditioned_directional_curvature": lambda: directional_curvature(preconditioned=True),
     "trace": trace,
+    "hessian_extremes": hessian_extremes,
+    "layer_sharpness": layer_sharpness,
     "step_size": step_size,
     "neuron_weights": neuron_weights,
 }

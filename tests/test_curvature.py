@@ -6,7 +6,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from engine import curvature, data, init, losses, models, optim, simulate, sweep
+from engine import curvature, data, init, losses, models, optim, probes, simulate, sweep
 
 
 def problem(widths=(3, 12, 12, 2), n=24, seed=0, scale=1.5):
@@ -311,7 +311,6 @@ def test_a_probe_can_ask_for_full_float32_products():
     """probes.with_precision(p, "highest") lowers every product of the probe at HIGHEST
     precision (GPUs default float32 matmuls to TF32) and leaves training alone; on CPU,
     where float32 products are full precision anyway, the records are unchanged."""
-    from engine import probes
     model = models.mlp((1, 16, 1), "tanh")
 
     def run(probe):
@@ -323,3 +322,42 @@ def test_a_probe_can_ask_for_full_float32_products():
     assert "HIGHEST" not in plain_text and full_text.count("HIGHEST") > 10
     for name in plain:
         np.testing.assert_array_equal(full[name], plain[name], err_msg=name)
+
+
+def _trained_mlp_state(probe_list, steps=30):
+    """A 1-6-6-1 tanh MLP after `steps` of GD at a large rate (a non-convex point, with
+    negative curvature), in float64: (final state, records, loss of params)."""
+    model, d = models.mlp((1, 6, 6, 1), "tanh"), data.chebyshev(3, 20)
+    sim = simulate.simulation(model, d, "mse", optim.gd(lr=0.5), init.scaled(model), steps=steps, every=steps // 3,
+                              probes=probe_list)
+    state, _ = sim.init(jax.random.key(2), {}, sim.data)
+    state, recs = sim.advance(state, sim.data, 3)
+    loss = lambda p: 0.5 * jnp.mean(jnp.sum((model.apply(p, d.x) - d.y) ** 2, -1))
+    return state, jax.tree.map(np.asarray, recs), loss
+
+
+def test_hessian_extremes_are_the_dense_spectrums_ends():
+    """lambda_max and lambda_min (signed) against eigh of the dense float64 Hessian, rel
+    1e-6, at a point where lambda_min < 0."""
+    from jax.flatten_util import ravel_pytree
+    with jax.enable_x64(True):
+        state, recs, loss = _trained_mlp_state(("loss", probes.hessian_extremes(iters=60, warm_iters=60)))
+        flat, unravel = ravel_pytree(state.params)
+        dense = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: loss(unravel(f)))(flat)))
+    assert dense[0] < 0 < dense[-1]
+    np.testing.assert_allclose(recs["lambda_max"][-1], dense[-1], rtol=1e-6)
+    np.testing.assert_allclose(recs["lambda_min"][-1], dense[0], rtol=1e-6)
+    assert recs["lambda_min_residual"][-1] < 1e-6 and recs["lambda_max_residual"][-1] < 1e-6
+
+
+def test_layer_sharpness_is_the_top_eigenvalue_of_each_dense_diagonal_block():
+    from jax.flatten_util import ravel_pytree
+    with jax.enable_x64(True):
+        state, recs, loss = _trained_mlp_state(("loss", probes.layer_sharpness(iters=60, warm_iters=60)))
+        expected = []
+        for i, block in enumerate(state.params):
+            flat, unravel = ravel_pytree(block)
+            with_block = lambda f, i=i: loss(tuple(unravel(f) if j == i else b for j, b in enumerate(state.params)))
+            expected.append(np.linalg.eigvalsh(np.asarray(jax.hessian(with_block)(flat)))[-1])
+    assert recs["layer_sharpness"].shape == (3, 3)
+    np.testing.assert_allclose(recs["layer_sharpness"][-1], expected, rtol=1e-6)
