@@ -41,6 +41,7 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
 """
 from __future__ import annotations
 
+import difflib
 import zlib
 from typing import Any, Callable, NamedTuple
 
@@ -65,7 +66,8 @@ class Snapshot(NamedTuple):
     its hyperparameters included (`engine.optim.hyperparams`: the values the next
     interval trains with); update(grads, opt_state, params) -> (updates, opt_state):
     the optimizer's step; key: this record's PRNG key; first: True (statically) for
-    the measurement at step 0, which has no previous state to warm-start from."""
+    the measurement at step 0, which has no previous state to warm-start from;
+    batch_size: the training minibatch size (static; None for full batch)."""
     params: Any
     loss_fn: Callable
     objective: Callable
@@ -76,12 +78,13 @@ class Snapshot(NamedTuple):
     update: Callable
     key: jax.Array
     first: bool
+    batch_size: int | None = None
 
 
 class Probe(NamedTuple):
     """name; measure(snapshot, state) -> ({variable: value}, state); outputs: {variable:
     its trailing dims}; init(params) -> state, or None when stateless; needs: among
-    {"test", "classification", "preconditioner"}, checked by `check`; coords: {dim:
+    {"test", "classification", "preconditioner", "minibatch"}, checked by `check`; coords: {dim:
     coordinate values}; sets: the optimizer hyperparameters the probe chooses (each
     also one of its variables); members: the probes of a chain."""
     name: str
@@ -93,34 +96,42 @@ class Probe(NamedTuple):
     sets: tuple = ()
     members: tuple = ()
 
-    def check(self, data, optimizer) -> None:
+    def check(self, data, optimizer, batch_size: int | None = None) -> None:
         """ConfigError, before anything compiles, if this probe (or a member of this
-        chain) cannot measure a run of `optimizer` on `data`."""
+        chain) cannot measure a run of `optimizer` on `data` with minibatches of
+        `batch_size` (None: full batch)."""
         for p in self.members or (self,):
             for need in sorted(p.needs):
-                NEEDS[need](p.name, data, optimizer)
+                NEEDS[need](p.name, data, optimizer, batch_size)
             for h in p.sets:
                 require(h in optimizer.defaults, "probes", f"probe {p.name!r} sets {h!r} and optimizer "
                         f"'{optimizer.name}' has no such hyperparameter", f"use an optimizer with {h!r}, or drop the probe")
 
 
-def _needs_test(name, data, optimizer):
+def _needs_test(name, data, optimizer, batch_size):
     require(data.x_test is not None, "probes", f"probe {name!r} needs a test set and the data has none",
             "give data with x_test/y_test or drop the probe")
 
 
-def _needs_classification(name, data, optimizer):
+def _needs_classification(name, data, optimizer, batch_size):
     require(data.y.ndim == 2 and data.y.shape[1] > 1, "probes", f"probe {name!r} needs one-hot class "
             f"targets, the data has {data.y.shape[-1]} output(s)", "drop the probe or use classification data")
 
 
-def _needs_preconditioner(name, data, optimizer):
+def _needs_preconditioner(name, data, optimizer, batch_size):
     require(optimizer.name in optim.PRECONDITIONED, "probes", f"probe {name!r} needs a diagonal "
             f"preconditioner and optimizer '{optimizer.name}' has none",
             f"use one of {', '.join(optim.PRECONDITIONED)}, or the unpreconditioned probe")
 
 
-NEEDS = {"test": _needs_test, "classification": _needs_classification, "preconditioner": _needs_preconditioner}
+def _needs_minibatch(name, data, optimizer, batch_size):
+    require(batch_size is not None and batch_size < data.n, "probes", f"probe {name!r} measures minibatch "
+            "curvature and the run trains on the full batch", "set simulation(batch_size=...) below the number "
+            "of examples, or drop the probe")
+
+
+NEEDS = {"test": _needs_test, "classification": _needs_classification, "preconditioner": _needs_preconditioner,
+         "minibatch": _needs_minibatch}
 
 
 def norm(tree) -> jax.Array:
@@ -233,6 +244,52 @@ def preconditioned_sharpness(k: int = 1, iters: int = 20, warm_iters: int = 10,
     `preconditioned_eigen_residual` and `preconditioned_eigen_products`."""
     return _eigen_probe("preconditioned_sharpness", "preconditioned_eigen_residual", k, iters,
                         warm_iters, method, examples, True, mode, tol)
+
+
+def minibatches(key, n: int, batch_size: int, batches: int):
+    """Example indices [batches, batch_size] of `batches` minibatches of the n training
+    examples, each drawn without replacement (a fresh permutation per batch)."""
+    return jax.vmap(lambda k: jax.random.permutation(k, n)[:batch_size])(jax.random.split(key, batches))
+
+
+def _over_batches(name: str, per_batch: Callable, batches: int) -> Probe:
+    """A probe recording the mean of `per_batch(snap, loss_B)` over `batches` minibatches
+    of the training batch size drawn from the record's key, as `name`, and its standard
+    error (std / sqrt(batches)) as `name_error`."""
+    require(isinstance(batches, int) and not isinstance(batches, bool) and batches >= 2, "probes.batches",
+            f"got {batches!r}", "use an integer >= 2 (the standard error needs two)")
+
+    def fn(snap: Snapshot):
+        idx = minibatches(_key(snap, name), snap.data.n, snap.batch_size, batches)
+        values = jax.lax.map(lambda i: per_batch(snap, lambda p: snap.objective(p, snap.data.x[i], snap.data.y[i])),
+                             idx)
+        return {name: jnp.mean(values), f"{name}_error": jnp.std(values, ddof=1) / jnp.sqrt(batches)}
+
+    return Probe(name, lambda snap, state: (fn(snap), state), {name: (), f"{name}_error": ()},
+                 needs=frozenset({"minibatch"}))
+
+
+def batch_sharpness(batches: int = 8) -> Probe:
+    """E_B[g_B^T H_B g_B / ||g_B||^2] over minibatches B of the training batch size (the
+    curvature of each batch's loss along its own gradient; Andreyev & Beneventano 2024,
+    "edge of stochastic stability": SGD hovers where it reaches 2/lr), with its standard
+    error (`batch_sharpness_error`). A fixed number of batches per measurement, drawn
+    from the run's key; one HVP each."""
+    def along_own_gradient(snap, loss_b):
+        return curvature.directional_curvature(loss_b, snap.params, jax.grad(loss_b)(snap.params))
+    return _over_batches("batch_sharpness", along_own_gradient, batches)
+
+
+def minibatch_sharpness(batches: int = 4, iters: int = 20) -> Probe:
+    """The mean over minibatches B of lambda_max(H_B), each a cold Lanczos solve of at
+    most `iters` products, with its standard error (`minibatch_sharpness_error`)."""
+    curvature.check_solver(1, iters, prefix="probes.")
+
+    def top(snap, loss_b):
+        size = ravel_pytree(snap.params)[0].shape[0]
+        return curvature.top_eigenvalues(loss_b, snap.params, _key(snap, "minibatch_sharpness"), 1,
+                                         min(iters, size)).values[0]
+    return _over_batches("minibatch_sharpness", top, batches)
 
 
 def hessian_extremes(iters: int = 20, warm_iters: int = 10, examples: int | None = None) -> Probe:
@@ -439,6 +496,8 @@ BUILTIN = {
     "preconditioned_directional_curvature": lambda: directional_curvature(preconditioned=True),
     "trace": trace,
     "hessian_extremes": hessian_extremes,
+    "batch_sharpness": batch_sharpness,
+    "minibatch_sharpness": minibatch_sharpness,
     "layer_sharpness": layer_sharpness,
     "step_size": step_size,
     "neuron_weights": neuron_weights,
@@ -448,8 +507,9 @@ BUILTIN = {
 def probe(name: str) -> Probe:
     """The built-in probe called `name`, with default settings."""
     if not isinstance(name, str) or name not in BUILTIN:
-        raise ConfigError("probes", f"unknown probe {name!r}",
-                          f"use engine.probes.Probe or one of {', '.join(BUILTIN)}")
+        close = difflib.get_close_matches(str(name), BUILTIN, n=3)
+        raise ConfigError("probes", f"unknown probe {name!r}", (f"did you mean {' or '.join(map(repr, close))}? " if close
+                          else "") + "The built-in names are engine.probes.BUILTIN; or pass an engine.probes.Probe")
     return BUILTIN[name]()
 
 

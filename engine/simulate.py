@@ -185,13 +185,14 @@ def train_step(state: RunState, data: Dataset, objective: Callable, tx, steps: i
 
 # ----------------------------------------------------------------------------- records
 def observe(state: RunState, data: Dataset, probe: Probe, objective: Callable, model: Model, loss_fn,
-            tx, steps: int, first: bool):
+            tx, steps: int, first: bool, batch_size: int | None = None):
     """Measure the probe chain on the run now: (state with the probes' new states and
     the hyperparameters they set, records). After divergence a run's records are NaN:
     its frozen values are not a trajectory."""
     objective = regularized(objective, state.opt_state)
     snap = Snapshot(state.params, lambda p: objective(p, data.x, data.y), objective, model.apply, data,
-                    loss_fn, state.opt_state, tx.update, jax.random.fold_in(state.key, state.step), first)
+                    loss_fn, state.opt_state, tx.update, jax.random.fold_in(state.key, state.step), first,
+                    batch_size)
     values, probe_state = probe.measure(snap, state.probe_state)
     opt_state = with_hyperparams(state.opt_state, **{h: values[h] for h in probe.sets})
     dead = state.diverged & (state.diverged_step < jnp.minimum(state.step, steps))
@@ -231,7 +232,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         return loss_fn(model.apply(params, x), y)
 
     def measure(state, data, first):
-        return observe(state, data, probe, objective, model, loss_fn, optimizer.tx, steps, first)
+        return observe(state, data, probe, objective, model, loss_fn, optimizer.tx, steps, first, batch_size)
 
     def step(state, data):
         return train_step(state, data, objective, optimizer.tx, steps, batch_size, diverge_above, converge_below)
@@ -294,7 +295,7 @@ def _check_arguments(model, data, loss, optimizer, init, steps, every, probes, b
         require(v is None or (isinstance(v, (int, float)) and v > 0), field, f"got {v!r}",
                 "use a positive number or None")
     probe = chain_of(probes)
-    probe.check(data, optimizer)
+    probe.check(data, optimizer, batch_size)
     if optimizer.schedule is not None:
         require("lr" not in probe.sets, "probes", f"{', '.join(m.name for m in probe.members if 'lr' in m.sets)} "
                 f"sets lr, but the optimizer follows the schedule {optimizer.schedule.name!r}",

@@ -361,3 +361,39 @@ def test_layer_sharpness_is_the_top_eigenvalue_of_each_dense_diagonal_block():
             expected.append(np.linalg.eigvalsh(np.asarray(jax.hessian(with_block)(flat)))[-1])
     assert recs["layer_sharpness"].shape == (3, 3)
     np.testing.assert_allclose(recs["layer_sharpness"][-1], expected, rtol=1e-6)
+
+
+def test_batch_and_minibatch_sharpness_are_the_dense_per_batch_quantities():
+    """On a fixed set of minibatches (the probe's own draw, `probes.minibatches`), in
+    float64: batch_sharpness is the mean of g_B^T H_B g_B / ||g_B||^2 from the dense
+    per-batch Hessians, minibatch_sharpness the mean of their top eigenvalues, each with
+    std / sqrt(batches) as its error (rel 1e-6)."""
+    from jax.flatten_util import ravel_pytree
+    with jax.enable_x64(True):
+        model, d = models.mlp((1, 6, 1), "tanh"), data.chebyshev(3, 20)
+        params = jax.tree.map(lambda p: p * 1.5, model.init(jax.random.key(4)))
+        objective = lambda p, x, y: 0.5 * jnp.mean(jnp.sum((model.apply(p, x) - y) ** 2, -1))
+        snap = probes.Snapshot(params, None, objective, model.apply, d, None, None, None, jax.random.key(7), True, 5)
+        got = {}
+        for probe in (probes.batch_sharpness(batches=6), probes.minibatch_sharpness(batches=6, iters=40)):
+            got.update(jax.tree.map(np.asarray, probe.measure(snap, None)[0]))
+        flat, unravel = ravel_pytree(params)
+        along, top = [], []
+        for name in ("batch_sharpness", "minibatch_sharpness"):
+            for i in np.asarray(probes.minibatches(probes._key(snap, name), d.n, 5, 6)):
+                loss_b = lambda f: objective(unravel(f), d.x[i], d.y[i])
+                H, g = np.asarray(jax.hessian(loss_b)(flat)), np.asarray(jax.grad(loss_b)(flat))
+                (along if name == "batch_sharpness" else top).append(
+                    g @ H @ g / (g @ g) if name == "batch_sharpness" else np.linalg.eigvalsh(H)[-1])
+    for name, values in (("batch_sharpness", along), ("minibatch_sharpness", top)):
+        np.testing.assert_allclose(got[name], np.mean(values), rtol=1e-6)
+        np.testing.assert_allclose(got[f"{name}_error"], np.std(values, ddof=1) / np.sqrt(6), rtol=1e-6)
+    assert np.ptp(along) > 0  # the batches differ
+
+
+def test_batch_sharpness_runs_inside_minibatch_training():
+    model = models.mlp((64, 16, 10), "tanh")
+    sim = simulate.simulation(model, data.digits(n_train=200), "cross_entropy", optim.gd(lr=0.1), steps=20,
+                              every=10, probes=("loss", "batch_sharpness"), batch_size=32)
+    traj = jax.jit(sim.run)(jax.random.key(0))
+    assert np.all(np.isfinite(traj["batch_sharpness"])) and np.all(traj["batch_sharpness_error"] > 0)
