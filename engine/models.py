@@ -14,6 +14,15 @@ MLP parameters are a tuple of layers, each `{"w": [fan_in, fan_out], "b": [fan_o
 
 Any model whose `init`/`apply` follow this contract works with the engine, e.g. a flax
 linen module wrapped by `from_flax` (the CNN of `cnn`).
+
+Dropout: `mlp`, `cnn` and `transformer` also have `train_apply(params, x, key, rate)`,
+the stochastic forward pass of a training step: inverted dropout (Srivastava et al.
+2014) of rate `rate` (a traced scalar) on every hidden activation (MLP, CNN) or on the
+attention and MLP outputs of each block (transformer, as in GPT-2), masks drawn from
+`key`. Kept units are scaled by 1/(1 - rate), so `apply`, the network without
+dropout, is the mean over masks of a one-hidden-layer MLP's output, and the usual
+weight-scaling approximation of that mean for deeper ones; at rate 0 `train_apply`
+equals `apply` bit for bit.
 """
 from __future__ import annotations
 
@@ -30,7 +39,8 @@ class Model(NamedTuple):
     """A pure model. `layer_shapes` ((fan_in, fan_out) per dense layer) and
     `multipliers` (the static factor each layer's pre-activation is multiplied by)
     and `bias` (whether each layer has one) are set for MLPs, whose initialization
-    `engine.init` can rescale per layer."""
+    `engine.init` can rescale per layer. `train_apply(params, x, key, rate)` is the
+    forward pass with dropout (None: the model has none)."""
     init: Callable[[jax.Array], Any]
     apply: Callable[[Any, jax.Array], jax.Array]
     name: str = "model"
@@ -38,6 +48,7 @@ class Model(NamedTuple):
     multipliers: tuple | None = None
     bias: tuple | None = None
     out_dim: int | None = None
+    train_apply: Callable | None = None
 
 
 def _xtanh(x):
@@ -68,6 +79,14 @@ PARAMETERIZATIONS = ("standard", "ntk", "mean_field")
 def activation_function(name: str) -> Callable:
     """The activation function called `name` (one of `ACTIVATIONS`)."""
     return choose(name, ACTIVATIONS, "activation")
+
+
+def dropout(h, rate, key):
+    """Inverted dropout: each entry of h kept with probability 1 - rate and scaled by
+    1 / (1 - rate), else zero, so E[dropout(h)] = h. rate: traced scalar in [0, 1); at
+    rate 0 every entry is kept and divided by 1.0, i.e. h bit for bit."""
+    keep = jax.random.uniform(key, h.shape, h.dtype) >= rate
+    return jnp.where(keep, h / (1.0 - rate), jnp.zeros((), h.dtype))
 
 
 def dense(h, w):
@@ -124,7 +143,7 @@ def mlp(widths, activation: str = "relu", bias: bool = True,
             layers.append(layer)
         return tuple(layers)
 
-    def apply(params, x):
+    def train_apply(params, x, key=None, rate=0.0):
         h = x
         for i, (layer, m) in enumerate(zip(params, mults)):
             h = dense(h, layer["w"])
@@ -134,21 +153,33 @@ def mlp(widths, activation: str = "relu", bias: bool = True,
                 h = h + layer["b"]
             if i < len(params) - 1:
                 h = phi(h)
+                if key is not None:
+                    h = dropout(h, rate, jax.random.fold_in(key, i))
         return h
 
+    def apply(params, x):
+        return train_apply(params, x)
+
     name = f"mlp{'-'.join(map(str, widths))}-{activation}"
-    return Model(init, apply, name, shapes, mults, has_bias, widths[-1])
+    return Model(init, apply, name, shapes, mults, has_bias, widths[-1], train_apply)
 
 
-def from_flax(module, example_input, name: str | None = None, out_dim: int | None = None) -> Model:
-    """Wrap a flax linen module as a `Model`; `example_input: [n, ...]` fixes shapes."""
+def from_flax(module, example_input, name: str | None = None, out_dim: int | None = None,
+              dropout: bool = False) -> Model:
+    """Wrap a flax linen module as a `Model`; `example_input: [n, ...]` fixes shapes.
+    dropout: the module's `__call__(x, key=None, rate=0.0)` applies dropout (with
+    `engine.models.dropout`) when given a key, so the model gets a `train_apply`."""
     def init(key):
         return module.init(key, example_input)["params"]
 
     def apply(params, x):
         return module.apply({"params": params}, x)
 
-    return Model(init, apply, name or type(module).__name__, out_dim=out_dim)
+    def train_apply(params, x, key, rate):
+        return module.apply({"params": params}, x, key, rate)
+
+    return Model(init, apply, name or type(module).__name__, out_dim=out_dim,
+                 train_apply=train_apply if dropout else None)
 
 
 def cnn(input_shape, channels=(16, 16), out_dim: int = 10, activation: str = "relu",
@@ -163,12 +194,14 @@ def cnn(input_shape, channels=(16, 16), out_dim: int = 10, activation: str = "re
 
     class CNN(nn.Module):
         @nn.compact
-        def __call__(self, x):
-            for c in channels:
+        def __call__(self, x, key=None, rate=0.0):
+            for i, c in enumerate(channels):
                 x = phi(nn.Conv(c, (kernel, kernel))(x))
+                if key is not None:
+                    x = dropout(x, rate, jax.random.fold_in(key, i))
             return nn.Dense(out_dim)(x.mean(axis=(1, 2)))
 
-    return from_flax(CNN(), jnp.zeros((1, *input_shape)), "cnn", out_dim)
+    return from_flax(CNN(), jnp.zeros((1, *input_shape)), "cnn", out_dim, dropout=True)
 
 
 def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: int = 64,
@@ -188,18 +221,19 @@ def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: i
 
     class Transformer(nn.Module):
         @nn.compact
-        def __call__(self, x):
+        def __call__(self, x, key=None, rate=0.0):
+            drop = (lambda z, i: z) if key is None else (lambda z, i: dropout(z, rate, jax.random.fold_in(key, i)))
             tokens = x.astype(jnp.int32)
             h = nn.Embed(vocab, d_model)(tokens)
             h = h + self.param("position", nn.initializers.normal(0.02), (seq_len, d_model))
             mask = nn.make_causal_mask(tokens)
-            for _ in range(depth):
-                h = h + nn.MultiHeadDotProductAttention(heads)(nn.LayerNorm()(h), mask=mask)
+            for i in range(depth):
+                h = h + drop(nn.MultiHeadDotProductAttention(heads)(nn.LayerNorm()(h), mask=mask), 2 * i)
                 z = nn.Dense(mlp_ratio * d_model)(nn.LayerNorm()(h))
-                h = h + nn.Dense(d_model)(jax.nn.gelu(z))
+                h = h + drop(nn.Dense(d_model)(jax.nn.gelu(z)), 2 * i + 1)
             return nn.Dense(out_dim)(nn.LayerNorm()(h[:, -1]))
 
-    return from_flax(Transformer(), jnp.zeros((1, seq_len)), "transformer", out_dim)
+    return from_flax(Transformer(), jnp.zeros((1, seq_len)), "transformer", out_dim, dropout=True)
 
 
 def layers(params) -> tuple[tuple[str, Any], ...]:

@@ -67,7 +67,13 @@ class Snapshot(NamedTuple):
     interval trains with); update(grads, opt_state, params) -> (updates, opt_state):
     the optimizer's step; key: this record's PRNG key; first: True (statically) for
     the measurement at step 0, which has no previous state to warm-start from;
-    batch_size: the training minibatch size (static; None for full batch)."""
+    batch_size: the training minibatch size (static; None for full batch); record: the
+    record's index (int32 scalar, the same for every run of a sweep); every: steps
+    between records (static); masked_objective(params, x, y, key) -> scalar: the
+    objective with the dropout masks drawn from `key` (None without dropout).
+    `loss_fn` and `objective` are what the optimizer descends (coupled L2 and the
+    1/alpha^2 of an output scale included, `engine.simulate`); `predict` is the
+    deterministic network (no dropout; the centred f_alpha under an output scale)."""
     params: Any
     loss_fn: Callable
     objective: Callable
@@ -79,14 +85,18 @@ class Snapshot(NamedTuple):
     key: jax.Array
     first: bool
     batch_size: int | None = None
+    record: Any = 0
+    every: int = 1
+    masked_objective: Callable | None = None
 
 
 class Probe(NamedTuple):
     """name; measure(snapshot, state) -> ({variable: value}, state); outputs: {variable:
     its trailing dims}; init(params) -> state, or None when stateless; needs: among
-    {"test", "classification", "preconditioner", "minibatch"}, checked by `check`; coords: {dim:
-    coordinate values}; sets: the optimizer hyperparameters the probe chooses (each
-    also one of its variables); members: the probes of a chain."""
+    {"test", "classification", "preconditioner", "minibatch", "dropout"}, checked by `check`;
+    coords: {dim: coordinate values}; sets: the optimizer hyperparameters the probe
+    chooses (each also one of its variables); members: the probes of a chain; every: the
+    probe's own cadence in steps (None: every record; see `every`)."""
     name: str
     measure: Callable[[Snapshot, Any], tuple]
     outputs: dict
@@ -95,43 +105,49 @@ class Probe(NamedTuple):
     coords: dict = {}
     sets: tuple = ()
     members: tuple = ()
+    every: int | None = None
 
-    def check(self, data, optimizer, batch_size: int | None = None) -> None:
+    def check(self, data, optimizer, batch_size: int | None = None, dropout: bool = False) -> None:
         """ConfigError, before anything compiles, if this probe (or a member of this
         chain) cannot measure a run of `optimizer` on `data` with minibatches of
-        `batch_size` (None: full batch)."""
+        `batch_size` (None: full batch), with dropout or without."""
         for p in self.members or (self,):
             for need in sorted(p.needs):
-                NEEDS[need](p.name, data, optimizer, batch_size)
+                NEEDS[need](p.name, data, optimizer, batch_size, dropout)
             for h in p.sets:
                 require(h in optimizer.defaults, "probes", f"probe {p.name!r} sets {h!r} and optimizer "
                         f"'{optimizer.name}' has no such hyperparameter", f"use an optimizer with {h!r}, or drop the probe")
 
 
-def _needs_test(name, data, optimizer, batch_size):
+def _needs_test(name, data, optimizer, batch_size, dropout):
     require(data.x_test is not None, "probes", f"probe {name!r} needs a test set and the data has none",
             "give data with x_test/y_test or drop the probe")
 
 
-def _needs_classification(name, data, optimizer, batch_size):
+def _needs_classification(name, data, optimizer, batch_size, dropout):
     require(data.y.ndim == 2 and data.y.shape[1] > 1, "probes", f"probe {name!r} needs one-hot class "
             f"targets, the data has {data.y.shape[-1]} output(s)", "drop the probe or use classification data")
 
 
-def _needs_preconditioner(name, data, optimizer, batch_size):
+def _needs_preconditioner(name, data, optimizer, batch_size, dropout):
     require(optimizer.name in optim.PRECONDITIONED, "probes", f"probe {name!r} needs a diagonal "
             f"preconditioner and optimizer '{optimizer.name}' has none",
             f"use one of {', '.join(optim.PRECONDITIONED)}, or the unpreconditioned probe")
 
 
-def _needs_minibatch(name, data, optimizer, batch_size):
+def _needs_minibatch(name, data, optimizer, batch_size, dropout):
     require(batch_size is not None and batch_size < data.n, "probes", f"probe {name!r} measures minibatch "
             "curvature and the run trains on the full batch", "set simulation(batch_size=...) below the number "
             "of examples, or drop the probe")
 
 
+def _needs_dropout(name, data, optimizer, batch_size, dropout):
+    require(dropout, "probes", f"probe {name!r} measures with a dropout mask and the run has no dropout",
+            "set simulation(dropout=...), or use the probe without with_dropout_mask")
+
+
 NEEDS = {"test": _needs_test, "classification": _needs_classification, "preconditioner": _needs_preconditioner,
-         "minibatch": _needs_minibatch}
+         "minibatch": _needs_minibatch, "dropout": _needs_dropout}
 
 
 def norm(tree) -> jax.Array:
@@ -401,6 +417,49 @@ def with_precision(probe: Probe, precision: str = "highest") -> Probe:
     return probe._replace(measure=measure)
 
 
+def with_dropout_mask(probe: Probe) -> Probe:
+    """`probe` measured on the network with dropout, one fixed mask per measurement
+    (drawn from the record's key), instead of the deterministic network: the Hessian is
+    then that of one draw of the stochastic training objective, as a training step sees
+    it. Needs `simulation(dropout=...)`."""
+    def measure(snap, state):
+        key = _key(snap, "dropout_mask")
+        masked = lambda p, x, y: snap.masked_objective(p, x, y, key)
+        return probe.measure(snap._replace(objective=masked, loss_fn=lambda p: masked(p, snap.data.x, snap.data.y)),
+                             state)
+    return probe._replace(measure=measure, needs=probe.needs | {"dropout"})
+
+
+def every(steps: int, what) -> Probe:
+    """`what` (a probe's name or a `Probe`) measured every `steps` steps instead of at every
+    record, e.g. `every(50, "sharpness")` beside the loss at every=10: papers probe
+    curvature less often than the loss (`eig_freq` in Cohen et al.'s code). `steps` must
+    be a whole multiple of the simulation's `every`; between its measurements the
+    probe's variables are NaN (`ds.sharpness.dropna("step")` keeps its own steps) and
+    its state (warm starts) carries over from its last measurement. It is measured at
+    step 0 and at every record whose step is a multiple of `steps`; the skipped records
+    cost nothing (a `lax.cond` on the record index, which all runs share)."""
+    given = what if isinstance(what, Probe) else probe(what)
+    require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "probes.every",
+            f"got {steps!r}", "use a whole number of steps >= 1, a multiple of the simulation's every")
+    require(not given.members, "probes.every", "got a chain", "give each probe its own cadence")
+    require(not given.sets, "probes.every", f"probe {given.name!r} sets {', '.join(given.sets)}, which the run "
+            "trains with until the next measurement", "measure it at every record")
+    return given._replace(every=steps)
+
+
+def _measured(m: Probe, snap: Snapshot, state):
+    """m.measure(snap, state) at the records its cadence picks (`every`); NaN values and
+    the state unchanged at the others."""
+    if m.every is None or snap.first:
+        return m.measure(snap, state)
+    shapes = jax.eval_shape(lambda s: m.measure(snap, s)[0], state)
+    blank = lambda v: jnp.full(v.shape, jnp.nan if jnp.issubdtype(v.dtype, jnp.inexact) else -1, v.dtype)
+    skip = lambda s: ({k: blank(v) for k, v in shapes.items()}, s)
+    due = snap.record % (m.every // snap.every) == 0
+    return jax.lax.cond(due, lambda s: m.measure(snap, s), skip, state)
+
+
 def step_size(fraction: float = 0.5, iters: int = 20, warm_iters: int = 3, lr_max: float = 1e3) -> Probe:
     """Sets the learning rate a run can afford now: lr = min(lr_max, fraction * 2 / ||H||_2),
     ||H||_2 = max |lambda(H)| by power iteration (`engine.curvature.spectral_norm`),
@@ -476,7 +535,7 @@ def _per_layer(params, params0) -> jax.Array:
 
 # ----------------------------------------------------------------------------- registry
 BUILTIN = {
-    "loss": lambda: scalar("loss", lambda s: s.loss_fn(s.params)),
+    "loss": lambda: scalar("loss", lambda s: s.loss(s.predict(s.params, s.data.x), s.data.y)),
     "test_loss": lambda: scalar("test_loss", lambda s: s.loss(s.predict(s.params, s.data.x_test), s.data.y_test),
                                 needs={"test"}),
     "accuracy": lambda: scalar("accuracy", lambda s: losses.accuracy(s.predict(s.params, s.data.x), s.data.y),
@@ -541,7 +600,7 @@ def chain(*probes) -> Probe:
             snap = snap._replace(opt_state=optim.with_hyperparams(
                 snap.opt_state, **{h: values[h] for m in setters for h in m.sets}))
         for m in observers:
-            v, state[m.name] = m.measure(snap, state[m.name])
+            v, state[m.name] = _measured(m, snap, state[m.name])
             values.update(v)
         return values, state
 

@@ -5,7 +5,8 @@
 energy, and returns a `Simulation` whose pieces are pure and jit-able:
 
     state, rec0 = sim.init(key, hparams, data)     # theta_0, optimizer state, probes at t=0
-    state, recs = sim.advance(state, data, k)       # k record intervals of `every` steps
+    state, recs = sim.advance(state, data, k, r)    # k record intervals of `every` steps
+                                                    # from record r (0 after init)
     traj        = sim.run(key, hparams)             # both, for the whole run
 
 `hparams` is a dict of scalars (traced in a sweep, where each value is `[runs]`); names
@@ -20,6 +21,21 @@ a run still once it diverged or converged. At each record step `observe` hands t
 probe chain a `Snapshot`; a probe that sets a hyperparameter (the step size) writes it
 into the optimizer state for the next interval.
 
+The forward pass can be stochastic and rescaled, each knob a traced hyperparameter:
+`dropout=p` trains with inverted dropout of rate p (hyperparameter "dropout"; its mask
+drawn from the run's key folded with the step), and `output_scale=alpha` trains the
+centred model f_alpha(x; theta) = alpha (f(x; theta) - f(x; theta_0)) of Chizat,
+Oyallon & Bach 2019 (hyperparameter "output_scale"; with `scale_loss` the objective is
+L(f_alpha) / alpha^2, as theirs, so that alpha -> infinity is the lazy, linearized
+limit at an alpha-independent time scale). Probes see the deterministic network (no
+dropout) and f_alpha; `probes.with_dropout_mask` gives a curvature probe one fixed mask
+per measurement instead.
+
+The recorded `loss` is the data loss L(f) of the training set. The objective the
+optimizer descends, whose gradient and Hessian the curvature probes measure, adds what
+the optimizer asks for (coupled `l2/2 ||theta||^2`) and, with `scale_loss`, the
+1/alpha^2; `diverge_above` and `converge_below` compare the objective.
+
 A run whose loss turns non-finite or exceeds `diverge_above` is frozen at that step and
 flagged (`diverged`, `diverged_step`); its later records are NaN. With `converge_below`,
 a run whose loss falls below it is frozen too (`converged`, `converged_step`): "train
@@ -29,6 +45,7 @@ batch of runs needs no Python control flow on values.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -51,12 +68,15 @@ class RunState(NamedTuple):
     """One run between steps; under a sweep every leaf has a leading `[runs]` axis.
 
     params: pytree, theta_t; opt_state: the optimizer's state, its hyperparameters
-    included; probe_state: {probe name: its state}; step: int32 scalar, the next step to
+    included; probe_state: {probe name: its state}; forward: what the forward pass reads
+    besides theta ({"dropout": rate, "output_scale": alpha, "params0": theta_0}, the
+    keys in use only); step: int32 scalar, the next step to
     take; key: the run's PRNG key (minibatches, probe keys); diverged, converged: bool
     scalars; diverged_step, converged_step: int32 scalars, -1 if never."""
     params: Any
     opt_state: Any
     probe_state: dict
+    forward: dict
     step: jax.Array
     key: jax.Array
     diverged: jax.Array
@@ -70,7 +90,10 @@ class Simulation:
     """The pure pieces of one training run (see the module docstring).
 
     init(key, hparams, data) -> (RunState, {variable: value}) at step 0;
-    advance(state, data, intervals) -> (RunState, {variable: [intervals, ...]});
+    advance(state, data, intervals, start=0) -> (RunState, {variable: [intervals, ...]}),
+    `start` the index of the record `state` is at (an int32 scalar, not batched over
+    runs: probes with their own cadence, `probes.every`, are measured when the record
+    index is a multiple of it);
     hparams: {name: scalar}, `[runs]` under a sweep. data: the `Dataset` (passed to
     init and advance as an argument, not baked into the program); record_steps: [n]
     int; defaults / ranges: {hyperparameter: default / `errors.Range`}; probe: the
@@ -98,7 +121,7 @@ class Simulation:
     def run(self, key, hparams=None):
         """The whole run: a dict of records `[len(record_steps), ...]` and flags."""
         state, rec0 = self.init(key, hparams or {}, self.data)
-        state, recs = self.advance(state, self.data, self.intervals)
+        state, recs = self.advance(state, self.data, self.intervals, 0)
         return trajectory(state, rec0, recs)
 
     def check_hparams(self, hparams: dict) -> None:
@@ -125,6 +148,11 @@ def minibatch(data: Dataset, key, step, batch_size: int):
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), data.n)
     idx = jax.lax.dynamic_slice(perm, (i * batch_size,), (batch_size,))
     return data.x[idx], data.y[idx]
+
+
+def stream(key, name: str):
+    """The run's key for one named source of randomness (minibatches, dropout masks)."""
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def examples(state: RunState, data: Dataset, batch_size: int | None):
@@ -164,9 +192,35 @@ def freeze(state: RunState, loss_value, params, opt_state, steps: int, diverge_a
         converged=state.converged | converging, converged_step=jnp.where(converging, t, state.converged_step))
 
 
-def regularized(objective: Callable, opt_state) -> Callable:
-    """The objective the run minimizes: `objective`, plus l2/2 ||theta||^2 when the
-    optimizer holds a coupled L2 coefficient `l2` (`engine.optim`)."""
+def predictor(model: Model, forward: dict, key=None) -> Callable:
+    """f(params, x [m, ...]) -> [m, d_out]: the model with the run's `forward` settings:
+    dropout of rate forward["dropout"] with masks drawn from `key` (None: no dropout, the
+    deterministic network), then, with forward["output_scale"] = alpha, the centred
+    alpha (f(x; theta) - f(x; theta_0)) (one more forward pass, at theta_0)."""
+    def predict(params, x):
+        if key is not None and "dropout" in forward:
+            out = model.train_apply(params, x, key, forward["dropout"])
+        else:
+            out = model.apply(params, x)
+        if "output_scale" in forward:
+            out = forward["output_scale"] * (out - model.apply(forward["params0"], x))
+        return out
+    return predict
+
+
+def objective_of(model: Model, loss_fn: Callable, forward: dict, opt_state, scale_loss: bool = True,
+                 key=None) -> Callable:
+    """objective(params, x, y) -> scalar, what the run minimizes: the loss of the
+    predictions (`predictor`), divided by alpha^2 under an output scale with
+    `scale_loss`, plus l2/2 ||theta||^2 when the optimizer holds a coupled L2
+    coefficient `l2` (`engine.optim`)."""
+    predict = predictor(model, forward, key)
+    divide = scale_loss and "output_scale" in forward
+
+    def objective(params, x, y):
+        value = loss_fn(predict(params, x), y)
+        return value / forward["output_scale"] ** 2 if divide else value
+
     h = hyperparams(opt_state)
     if "l2" not in h:
         return objective
@@ -174,25 +228,30 @@ def regularized(objective: Callable, opt_state) -> Callable:
         jnp.sum(p * p) for p in jax.tree.leaves(params))
 
 
-def train_step(state: RunState, data: Dataset, objective: Callable, tx, steps: int, batch_size=None,
-               diverge_above=None, converge_below=None) -> RunState:
-    """examples -> update -> freeze."""
+def train_step(state: RunState, data: Dataset, model: Model, loss_fn: Callable, tx, steps: int,
+               batch_size=None, diverge_above=None, converge_below=None, scale_loss=True) -> RunState:
+    """examples -> update -> freeze; a dropout mask from the run's key and the step."""
     x, y = examples(state, data, batch_size)
-    loss_value, params, opt_state = update(regularized(objective, state.opt_state), tx, state.params,
-                                           state.opt_state, x, y)
+    key = jax.random.fold_in(stream(state.key, "dropout"), state.step) if "dropout" in state.forward else None
+    objective = objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss, key)
+    loss_value, params, opt_state = update(objective, tx, state.params, state.opt_state, x, y)
     return freeze(state, loss_value, params, opt_state, steps, diverge_above, converge_below)
 
 
 # ----------------------------------------------------------------------------- records
-def observe(state: RunState, data: Dataset, probe: Probe, objective: Callable, model: Model, loss_fn,
-            tx, steps: int, first: bool, batch_size: int | None = None):
-    """Measure the probe chain on the run now: (state with the probes' new states and
-    the hyperparameters they set, records). After divergence a run's records are NaN:
-    its frozen values are not a trajectory."""
-    objective = regularized(objective, state.opt_state)
-    snap = Snapshot(state.params, lambda p: objective(p, data.x, data.y), objective, model.apply, data,
-                    loss_fn, state.opt_state, tx.update, jax.random.fold_in(state.key, state.step), first,
-                    batch_size)
+def observe(state: RunState, data: Dataset, probe: Probe, model: Model, loss_fn, tx, steps: int, every: int,
+            record, first: bool, batch_size: int | None = None, scale_loss: bool = True):
+    """Measure the probe chain on the run at record `record` (an unbatched int32 scalar):
+    (state with the probes' new states and the hyperparameters they set, records).
+    After divergence a run's records are NaN: its frozen values are not a trajectory."""
+    objective = objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss)
+    masked = None
+    if "dropout" in state.forward:
+        masked = lambda p, x, y, key: objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss,
+                                                   key)(p, x, y)
+    snap = Snapshot(state.params, lambda p: objective(p, data.x, data.y), objective,
+                    predictor(model, state.forward), data, loss_fn, state.opt_state, tx.update,
+                    jax.random.fold_in(state.key, state.step), first, batch_size, record, every, masked)
     values, probe_state = probe.measure(snap, state.probe_state)
     opt_state = with_hyperparams(state.opt_state, **{h: values[h] for h in probe.sets})
     dead = state.diverged & (state.diverged_step < jnp.minimum(state.step, steps))
@@ -212,7 +271,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                init: Initializer | None = None, steps: int = 1000, every: int = 100,
                probes=("loss",), batch_size: int | None = None,
                diverge_above: float | None = None, converge_below: float | None = None,
-               derive: Callable[[dict], dict] | None = None) -> Simulation:
+               derive: Callable[[dict], dict] | None = None, dropout: float | None = None,
+               output_scale: float | None = None, scale_loss: bool = True) -> Simulation:
     """Build the pure pieces of one training run (see the module docstring).
 
     model: `engine.models.Model`; data: `engine.data.Dataset`; loss: "mse",
@@ -222,38 +282,46 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     `probes.step_size(...)` among them sets each run's lr for the next `every` steps);
     batch_size: minibatch size (None or the number of examples: full batch); derive:
     `hparams -> dict` of extra or replaced hyperparameters computed inside the run from
-    the swept ones (e.g. a learning rate set from width and gamma).
+    the swept ones (e.g. a learning rate set from width and gamma); dropout: the default
+    dropout rate in [0, 1) (None: no dropout in the program); output_scale: the default
+    alpha > 0 of the centred model (None: the plain model); scale_loss: divide the loss
+    by alpha^2 (see the module docstring).
     """
     optimizer, init, loss_fn, probe, params_shape = _check_arguments(
-        model, data, loss, optimizer, init, steps, every, probes, batch_size, diverge_above, converge_below)
-    defaults = {**init.defaults, **optimizer.defaults}
+        model, data, loss, optimizer, init, steps, every, probes, batch_size, diverge_above, converge_below,
+        dropout, output_scale, scale_loss)
+    knobs = {k: v for k, v in (("dropout", dropout), ("output_scale", output_scale)) if v is not None}
+    defaults = {**init.defaults, **optimizer.defaults, **knobs}
 
-    def objective(params, x, y):
-        return loss_fn(model.apply(params, x), y)
-
-    def measure(state, data, first):
-        return observe(state, data, probe, objective, model, loss_fn, optimizer.tx, steps, first, batch_size)
+    def measure(state, data, record, first):
+        return observe(state, data, probe, model, loss_fn, optimizer.tx, steps, every, record, first, batch_size,
+                       scale_loss)
 
     def step(state, data):
-        return train_step(state, data, objective, optimizer.tx, steps, batch_size, diverge_above, converge_below)
+        return train_step(state, data, model, loss_fn, optimizer.tx, steps, batch_size, diverge_above,
+                          converge_below, scale_loss)
 
     def start(key, hparams, data):
         hp = run_hyperparameters(hparams, defaults, derive)
         k_init, k_run = jax.random.split(key)
         params = init.sample(k_init, hp)
-        state = RunState(params, optimizer.init(params, hp), probe.init(params), jnp.int32(0), k_run,
+        forward = {k: hp[k] for k in knobs}
+        if output_scale is not None:
+            forward["params0"] = params
+        state = RunState(params, optimizer.init(params, hp), probe.init(params), forward, jnp.int32(0), k_run,
                          jnp.bool_(False), jnp.int32(-1), jnp.bool_(False), jnp.int32(-1))
-        return measure(state, data, first=True)
+        return measure(state, data, jnp.int32(0), first=True)
 
-    def advance(state, data, intervals: int):
-        def interval(state, _):
+    def advance(state, data, intervals: int, start=0):
+        def interval(state, record):
             state = jax.lax.fori_loop(0, every, lambda _, s: step(s, data), state)
-            return measure(state, data, first=False)
-        return jax.lax.scan(interval, state, length=intervals)
+            return measure(state, data, record, first=False)
+        records = jnp.asarray(start, jnp.int32) + 1 + jnp.arange(intervals, dtype=jnp.int32)
+        return jax.lax.scan(interval, state, records)
 
     record_steps = np.unique(np.minimum(np.arange(0, steps + every, every), steps))
     coords = {"layer": [name for name, _ in layers(params_shape)], **probe.coords}
-    ranges = {**{k: FINITE for k in init.defaults}, **optimizer.ranges,
+    ranges = {**{k: FINITE for k in init.defaults}, **optimizer.ranges, **{k: KNOB_RANGES[k] for k in knobs},
               **{k: Range(0, steps) for k in (optimizer.schedule.steps if optimizer.schedule else ())}}
     config = {
         "model": model.name, "layer_shapes": model.layer_shapes or (),
@@ -263,12 +331,16 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "init": init.name, "steps": steps, "every": every,
         "probes": [p.name for p in probe.members], "batch_size": batch_size,
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
+        "dropout": dropout, "output_scale": output_scale, "scale_loss": scale_loss,
     }
     return Simulation(start, advance, data, steps, every, record_steps, defaults, ranges, probe, coords, config)
 
 
+KNOB_RANGES = {"dropout": Range(0, 1, hi_open=True), "output_scale": Range(0, None, lo_open=True)}
+
+
 def _check_arguments(model, data, loss, optimizer, init, steps, every, probes, batch_size,
-                     diverge_above, converge_below):
+                     diverge_above, converge_below, dropout=None, output_scale=None, scale_loss=True):
     """Every argument of `simulation` checked before anything is traced: (optimizer,
     initializer, loss function, probe chain, the shapes of params)."""
     require(isinstance(model, Model), "model", f"got {type(model).__name__}",
@@ -294,8 +366,19 @@ def _check_arguments(model, data, loss, optimizer, init, steps, every, probes, b
     for field, v in (("diverge_above", diverge_above), ("converge_below", converge_below)):
         require(v is None or (isinstance(v, (int, float)) and v > 0), field, f"got {v!r}",
                 "use a positive number or None")
+    for field, v in (("dropout", dropout), ("output_scale", output_scale)):
+        require(v is None or v in KNOB_RANGES[field], field, f"got {v!r}", f"use {KNOB_RANGES[field]}, or None")
+        require(v is None or field not in {*init.defaults, *optimizer.defaults}, field,
+                "is also a hyperparameter of the initializer or optimizer", "rename that one")
+    require(dropout is None or model.train_apply is not None, "dropout", f"model {model.name!r} has no dropout",
+            "use engine.models.mlp, cnn or transformer, or a from_flax(..., dropout=True) module")
+    require(isinstance(scale_loss, bool), "scale_loss", f"got {scale_loss!r}", "use True or False")
     probe = chain_of(probes)
-    probe.check(data, optimizer, batch_size)
+    probe.check(data, optimizer, batch_size, dropout is not None)
+    for m in probe.members:
+        require(m.every is None or m.every % every == 0, "probes", f"probe {m.name!r} is measured every "
+                f"{m.every} steps, not a whole multiple of every={every}",
+                f"use a multiple of {every}, e.g. probes.every({every * max(1, round((m.every or every) / every))}, ...)")
     if optimizer.schedule is not None:
         require("lr" not in probe.sets, "probes", f"{', '.join(m.name for m in probe.members if 'lr' in m.sets)} "
                 f"sets lr, but the optimizer follows the schedule {optimizer.schedule.name!r}",

@@ -385,7 +385,8 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
     chunk, k = plan["chunk"], plan["segment"]
     batching = (plan["strategy"], plan["map_batch"])
     start_run = lambda run, data: sim.init(run[0], run[1], data)
-    advance = lambda state, data: sim.advance(state, data, k)
+    # the shared argument: the data and the index of the segment's first record
+    advance = lambda state, shared: sim.advance(state, shared[0], k, shared[1])
     records, flags, t_compile, t0 = [], [], 0.0, time.perf_counter()
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -402,7 +403,8 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
         runs = (keys[idx], {name: jnp.asarray(v[idx], dtype) for name, v in hp.items()})
         init, seconds = _program(sim, ("init", *batching), start_run, (runs, sim.data), devices)
         state, rec0 = init(runs, sim.data)
-        segment, more = _program(sim, ("advance", *batching, k), advance, (state, sim.data), devices)
+        segment, more = _program(sim, ("advance", *batching, k), advance, (state, (sim.data, jnp.int32(0))),
+                                 devices)
         t_compile += seconds + more
         plan["compiled_memory_mb"] = _footprint_mb(segment)
         segs, done = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)], 0
@@ -412,7 +414,7 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
             segs += [checkpoint.load_arrays(files["seg"](j)) for j in range(done)]
             bar.update(done)
         for j in range(done, plan["n_segments"]):
-            state, rec = segment(state, sim.data)
+            state, rec = segment(state, (sim.data, jnp.int32(j * k)))
             segs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], rec))
             if files:  # the segment's records first: a state file always has all of its
                 checkpoint.save_arrays(files["seg"](j), segs[-1])

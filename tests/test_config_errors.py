@@ -121,6 +121,17 @@ CASES = {
     "unknown matmul precision": ("probes.precision", lambda: probes.with_precision(probes.sharpness(), "fp32")),
     "batch curvature under full-batch training": ("probes", lambda: two_layer(probes=("loss", "batch_sharpness"))),
     "one batch for a standard error": ("probes.batches", lambda: probes.batch_sharpness(batches=1)),
+    "dropout of one": ("dropout", lambda: two_layer(dropout=1.0)),
+    "swept dropout outside [0, 1)": ("dropout", lambda: sweep.sweep(two_layer(dropout=0.1), grid={"dropout": [0.1, 1.5]})),
+    "dropout on a model without it": ("dropout", lambda: simulate.simulation(
+        models.scalar(), data.luo_points(), "mse", dropout=0.1)),
+    "a dropout mask without dropout": ("probes", lambda: two_layer(probes=(probes.with_dropout_mask(probes.trace()),))),
+    "output scale zero": ("output_scale", lambda: two_layer(output_scale=0.0)),
+    "swept negative output scale": ("output_scale", lambda: sweep.sweep(
+        two_layer(output_scale=1.0), grid={"output_scale": [1.0, -2.0]})),
+    "a cadence that is not a multiple of every": ("probes", lambda: two_layer(
+        every=10, probes=("loss", probes.every(15, "sharpness")))),
+    "a step size at its own cadence": ("probes.every", lambda: probes.every(20, probes.step_size())),
     "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
         lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
 }

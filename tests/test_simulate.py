@@ -94,7 +94,7 @@ def test_probe_order_does_not_change_any_record(tiny_sim):
 def test_coupled_l2_is_in_the_loss_its_gradient_and_the_hessian_the_probes_see():
     """optim.gd(l2=c): the run minimizes L + c/2 ||theta||^2. In float64 its trajectory is
     optax's sgd on that gradient (add_decayed_weights(c) before it), the recorded loss
-    includes the penalty, and the recorded sharpness is the top eigenvalue of the dense
+    is the data loss, and the recorded sharpness is the top eigenvalue of the dense
     Hessian of the penalized loss (H + c I), to 1e-6."""
     from jax.flatten_util import ravel_pytree
     with jax.enable_x64(True):
@@ -113,8 +113,22 @@ def test_coupled_l2_is_in_the_loss_its_gradient_and_the_hessian_the_probes_see()
             u, opt_state = tx.update(jax.grad(data_loss)(params), opt_state, params)
             params = optax.apply_updates(params, u)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), state.params, params)
-        np.testing.assert_allclose(recs["loss"][-1], penalized(params), rtol=1e-10)
+        np.testing.assert_allclose(recs["loss"][-1], data_loss(params), rtol=1e-10)
         flat, unravel = ravel_pytree(params)
         top = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: penalized(unravel(f)))(flat)))[-1]
         np.testing.assert_allclose(recs["sharpness"][-1], top, rtol=1e-6)
-        assert float(recs["loss"][-1]) > float(data_loss(params))  # the penalty is counted
+
+
+def test_a_probe_at_its_own_cadence_is_measured_only_there_and_changes_nothing_else():
+    """every(40, sharpness) beside the loss at every=10: the loss is the same bit for bit,
+    the sharpness is NaN between its measurements and, where measured (steps 0, 40, 80),
+    agrees with the sharpness taken at every record to 1e-3 (its warm start comes from
+    40 steps back instead of 10)."""
+    model, d = models.mlp((1, 16, 1), "tanh"), data.chebyshev(3, 20)
+    make = lambda sharp: simulate.simulation(model, d, "mse", optim.gd(lr=0.3), steps=90, every=10,
+                                             probes=("loss", sharp))
+    sparse, dense = (jax.jit(make(p).run)(jax.random.key(0)) for p in (probes.every(40, "sharpness"), "sharpness"))
+    np.testing.assert_array_equal(sparse["loss"], dense["loss"])
+    measured = np.isin(np.arange(0, 100, 10), [0, 40, 80])
+    assert np.all(np.isnan(sparse["sharpness"][~measured])) and np.all(np.isnan(sparse["eigen_residual"][~measured]))
+    np.testing.assert_allclose(sparse["sharpness"][measured], dense["sharpness"][measured], rtol=1e-3)
