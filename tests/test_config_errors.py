@@ -120,6 +120,7 @@ CASES = {
     "negative weight decay": ("weight_decay", lambda: optim.gd(weight_decay=-0.1)),
     "unknown matmul precision": ("probes.precision", lambda: probes.with_precision(probes.sharpness(), "fp32")),
     "batch curvature under full-batch training": ("probes", lambda: two_layer(probes=("loss", "batch_sharpness"))),
+    "gradient noise under full-batch training": ("probes", lambda: two_layer(probes=("loss", "gradient_noise"))),
     "one batch for a standard error": ("probes.batches", lambda: probes.batch_sharpness(batches=1)),
     "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
         lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
