@@ -13,6 +13,8 @@ parameter vector theta: [n].
     directional_curvature      d^T H d / d^T d; with P: (d^T H d) / (d^T P d), d = P^-1 g
     hutchinson_trace           tr H ~ mean_z z^T H z, z Rademacher  (Hutchinson 1989)
     spectral_norm              ||H||_2 = max |lambda(H)| by power iteration (for step sizes)
+    hessian_spread             top eigenpair of mean_b (H_b - H)^2 over minibatches b
+                               (the non-uniformity of Wu, Ma & E 2018)
 """
 from __future__ import annotations
 
@@ -291,6 +293,45 @@ def spectral_norm(loss_fn: Callable, params, key, iters: int = 20, init=None):
 
     v, rho = jax.lax.fori_loop(0, iters, step, (v, jnp.zeros((), dtype)))
     return rho, v
+
+
+def spread_operator(loss_fn: Callable, batch_loss: Callable, batches, params,
+                    mode: str = "forward_over_reverse"):
+    """(matvec, n): u -> S u on flat vectors [n], S = mean_b (H_b - H)^2, with H the
+    Hessian of `loss_fn` and H_b that of `batch_loss(params, b)` for each row b of
+    `batches` [m, ...] (e.g. example indices [m, batch_size]). S is symmetric PSD.
+
+    (H_b - H)^2 u = H_b w_b - H w_b with w_b = (H_b - H) u, and mean_b H w_b =
+    H mean_b w_b, so one product costs 2 HVPs of H and 2m of the H_b (the m batches'
+    products vmapped into one batched product). No Hessian is formed."""
+    flat, unravel = ravel_pytree(params)
+
+    def product(f, u):
+        return ravel_pytree(hvp(f, params, unravel(u.astype(flat.dtype)), mode))[0]
+
+    def on_batches(u):  # [m, n] -> H_b u_b
+        return jax.vmap(lambda b, ub: product(lambda p: batch_loss(p, b), ub))(batches, u)
+
+    def matvec(u):
+        W = on_batches(jnp.broadcast_to(u, (len(batches), u.shape[0]))) - product(loss_fn, u)
+        return jnp.mean(on_batches(W), axis=0) - product(loss_fn, jnp.mean(W, axis=0))
+
+    return matvec, flat.shape[0]
+
+
+def hessian_spread(loss_fn: Callable, batch_loss: Callable, batches, params, key, iters: int = 20,
+                   init=None, mode: str = "forward_over_reverse") -> Eigen:
+    """Top eigenpair of S = mean_b (H_b - H)^2 (`spread_operator`) by Lanczos, at most
+    `iters` products (each 2 + 2m HVPs), warm-started from `init` ([1, n] or [n]).
+
+    Over uniformly drawn minibatches of B of the n examples (without replacement),
+    E_b[(H_b - H)^2] = (n - B) / (B (n - 1)) Sigma_H with Sigma_H = (1/n) sum_i H_i^2 - H^2,
+    whose lambda_max is the squared non-uniformity of Wu, Ma & E 2018."""
+    check_solver(1, iters, mode=mode)
+    matvec, n = spread_operator(loss_fn, batch_loss, batches, params, mode)
+    require(iters <= n, "iters", f"Lanczos needs iters <= n, got iters={iters}, n={n}", f"use iters <= {n}")
+    X0 = _start_block(key, n, ravel_pytree(params)[0].dtype, init, 1)
+    return lanczos(matvec, X0, iters)
 
 
 def _dot(a, b):

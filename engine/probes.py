@@ -36,6 +36,14 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     directional_curvature                 g^T H g / g^T g, g the full gradient
     preconditioned_directional_curvature  (d^T H d)/(d^T P d), d = P^-1 g
     trace (+ trace_error)                 Hutchinson estimate of tr H
+    hessian_extremes                      lambda_max and lambda_min (signed) of H
+    layer_sharpness                       lambda_max of each layer's Hessian block, dims ("layer",)
+  under minibatch training (batch size B; refused under full batch):
+    batch_sharpness (+ _error)            E_B[g_B^T H_B g_B / ||g_B||^2]  (Andreyev & Beneventano 2024)
+    minibatch_sharpness (+ _error)        E_B[lambda_max(H_B)]
+    gradient_noise (+ _error, non_uniformity, non_uniformity_residual)
+                                          tr Cov_B[g_B] = E_B ||g_B - g||^2, and
+                                          s = sqrt(lambda_max((1/n) sum_i H_i^2 - H^2)) (Wu, Ma & E 2018)
     step_size (lr, hessian_norm)          sets the learning rate a run can afford,
                                           lr = fraction * 2 / ||H||_2
 """
@@ -268,18 +276,31 @@ def minibatches(key, n: int, batch_size: int, batches: int):
     return jax.vmap(lambda k: jax.random.permutation(k, n)[:batch_size])(jax.random.split(key, batches))
 
 
+def _check_batches(batches) -> None:
+    require(isinstance(batches, int) and not isinstance(batches, bool) and batches >= 2, "probes.batches",
+            f"got {batches!r}", "use an integer >= 2 (the standard error needs two)")
+
+
+def _batch_objective(snap: Snapshot) -> Callable:
+    """loss_B(params, i): the training objective on the examples i [batch_size]."""
+    return lambda p, i: snap.objective(p, snap.data.x[i], snap.data.y[i])
+
+
+def _mean_with_error(name: str, values) -> dict:
+    """{name: the mean of values [batches], name_error: its standard error std / sqrt(batches)}."""
+    return {name: jnp.mean(values), f"{name}_error": jnp.std(values, ddof=1) / jnp.sqrt(values.shape[0])}
+
+
 def _over_batches(name: str, per_batch: Callable, batches: int) -> Probe:
     """A probe recording the mean of `per_batch(snap, loss_B)` over `batches` minibatches
     of the training batch size drawn from the record's key, as `name`, and its standard
     error (std / sqrt(batches)) as `name_error`."""
-    require(isinstance(batches, int) and not isinstance(batches, bool) and batches >= 2, "probes.batches",
-            f"got {batches!r}", "use an integer >= 2 (the standard error needs two)")
+    _check_batches(batches)
 
     def fn(snap: Snapshot):
         idx = minibatches(_key(snap, name), snap.data.n, snap.batch_size, batches)
-        values = jax.lax.map(lambda i: per_batch(snap, lambda p: snap.objective(p, snap.data.x[i], snap.data.y[i])),
-                             idx)
-        return {name: jnp.mean(values), f"{name}_error": jnp.std(values, ddof=1) / jnp.sqrt(batches)}
+        loss_on = _batch_objective(snap)
+        return _mean_with_error(name, jax.lax.map(lambda i: per_batch(snap, lambda p: loss_on(p, i)), idx))
 
     return Probe(name, lambda snap, state: (fn(snap), state), {name: (), f"{name}_error": ()},
                  needs=frozenset({"minibatch"}))
@@ -306,6 +327,64 @@ def minibatch_sharpness(batches: int = 4, iters: int = 20) -> Probe:
         return curvature.top_eigenvalues(loss_b, snap.params, _key(snap, "minibatch_sharpness"), 1,
                                          min(iters, size)).values[0]
     return _over_batches("minibatch_sharpness", top, batches)
+
+
+def gradient_noise(batches: int = 8, non_uniformity: bool = True, iters: int = 20, warm_iters: int = 10) -> Probe:
+    """The minibatch gradient noise of SGD and the non-uniformity of the Hessians, on
+    `batches` minibatches of the training batch size B drawn (each without replacement)
+    from the record's key; n examples, per-example losses l_i, L = (1/n) sum_i l_i,
+    full gradient g and Hessian H, a minibatch's g_b and H_b.
+
+    gradient_noise = tr Sigma_B, Sigma_B = Cov_b[g_b]: the mean over the batches of
+        ||g_b - g||^2 (unbiased), with its standard error `gradient_noise_error`. For
+        sampling without replacement Sigma_B = (n - B) / (B (n - 1)) Sigma_1, with the
+        per-example covariance Sigma_1 = (1/n) sum_i (g_i - g)(g_i - g)^T. One full and
+        `batches` minibatch gradients.
+    non_uniformity = s = sqrt(lambda_max(Sigma_H)), Sigma_H = (1/n) sum_i H_i^2 - H^2
+        (Wu, Ma & E 2018, "How SGD selects the global minima in over-parameterized
+        learning", NeurIPS). Since E_b[(H_b - H)^2] = (n - B) / (B (n - 1)) Sigma_H,
+        s^2 is estimated as B (n - 1) / (n - B) * lambda_max(mean_b (H_b - H)^2) on the
+        same batches, the top eigenvalue by Lanczos on that operator
+        (`engine.curvature.hessian_spread`: HVPs only, each product 2 of H and 2 `batches`
+        of the H_b), `iters` products at step 0, then `warm_iters` warm-started from the
+        previous eigenvector; `non_uniformity_residual` is its ||S v - theta v|| / theta.
+        The matrix mean is unbiased, but lambda_max is convex, so the estimate of s^2 is
+        biased upward (Jensen), by O(1/batches): take more batches where s matters more
+        than cost. `non_uniformity=False` skips it (the costly part).
+
+    Linear stability of SGD (learning rate eta, batch size B) at a global minimum
+    requires (Wu, Ma & E 2018): sharpness lambda_max(H) <= 2/eta and
+    s <= (1/eta) sqrt(B (n - 1) / (n - B)) ~ sqrt(B)/eta. Their derivation holds at a
+    minimum where every l_i is minimal; elsewhere these are descriptive."""
+    _check_batches(batches)
+    require(isinstance(non_uniformity, bool), "probes.non_uniformity", f"got {non_uniformity!r}",
+            "use True or False")
+    curvature.check_solver(1, iters, prefix="probes.")
+    curvature.check_solver(1, warm_iters, prefix="probes.", iters_name="warm_iters")
+
+    def init(params):
+        flat = ravel_pytree(params)[0]
+        return jnp.zeros((1, flat.shape[0]), flat.dtype)
+
+    def measure(snap: Snapshot, vector):
+        n, B = snap.data.n, snap.batch_size
+        idx = minibatches(_key(snap, "gradient_noise"), n, B, batches)
+        loss_on, flat = _batch_objective(snap), lambda tree: ravel_pytree(tree)[0]
+        g = flat(jax.grad(snap.loss_fn)(snap.params))
+        g_b = jax.vmap(lambda i: flat(jax.grad(loss_on)(snap.params, i)))(idx)
+        out = _mean_with_error("gradient_noise", jnp.sum(jnp.square(g_b - g), axis=1))
+        if not non_uniformity:
+            return out, vector
+        eig, vector = _warm_solve(lambda m, v: curvature.hessian_spread(
+            snap.loss_fn, loss_on, idx, snap.params, _key(snap, "non_uniformity"), min(m, g.shape[0]), v),
+            snap, vector, iters, warm_iters)
+        spread = B * (n - 1) / (n - B) * jnp.maximum(eig.values[0], 0.0)
+        return {**out, "non_uniformity": jnp.sqrt(spread), "non_uniformity_residual": eig.residuals[0]}, vector
+
+    names = ("gradient_noise", "gradient_noise_error") + (("non_uniformity", "non_uniformity_residual")
+                                                          if non_uniformity else ())
+    return Probe("gradient_noise", measure, dict.fromkeys(names, ()), init if non_uniformity else None,
+                 needs=frozenset({"minibatch"}))
 
 
 def hessian_extremes(iters: int = 20, warm_iters: int = 10, examples: int | None = None) -> Probe:
@@ -557,6 +636,7 @@ BUILTIN = {
     "hessian_extremes": hessian_extremes,
     "batch_sharpness": batch_sharpness,
     "minibatch_sharpness": minibatch_sharpness,
+    "gradient_noise": gradient_noise,
     "layer_sharpness": layer_sharpness,
     "step_size": step_size,
     "neuron_weights": neuron_weights,

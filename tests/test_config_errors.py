@@ -120,6 +120,7 @@ CASES = {
     "negative weight decay": ("weight_decay", lambda: optim.gd(weight_decay=-0.1)),
     "unknown matmul precision": ("probes.precision", lambda: probes.with_precision(probes.sharpness(), "fp32")),
     "batch curvature under full-batch training": ("probes", lambda: two_layer(probes=("loss", "batch_sharpness"))),
+    "gradient noise under full-batch training": ("probes", lambda: two_layer(probes=("loss", "gradient_noise"))),
     "one batch for a standard error": ("probes.batches", lambda: probes.batch_sharpness(batches=1)),
     "dropout of one": ("dropout", lambda: two_layer(dropout=1.0)),
     "swept dropout outside [0, 1)": ("dropout", lambda: sweep.sweep(two_layer(dropout=0.1), grid={"dropout": [0.1, 1.5]})),
