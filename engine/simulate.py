@@ -36,6 +36,12 @@ optimizer descends, whose gradient and Hessian the curvature probes measure, add
 the optimizer asks for (coupled `l2/2 ||theta||^2`) and, with `scale_loss`, the
 1/alpha^2; `diverge_above` and `converge_below` compare the objective.
 
+Parameter snapshots: with `snapshots=[steps]` (record steps, e.g. log-spaced) a run
+keeps theta at those steps, flattened, in its state (`RunState.snapshots`, [S, P]) and
+returns them as `params_snapshot` beside its flags; `sim.unravel(row)` gives the pytree
+back, for a loss-landscape slice or a dense Hessian after the fact. `engine.sweep.save`
+writes them to their own file beside the results.
+
 A run whose loss turns non-finite or exceeds `diverge_above` is frozen at that step and
 flagged (`diverged`, `diverged_step`); its later records are NaN. With `converge_below`,
 a run whose loss falls below it is frozen too (`converged`, `converged_step`): "train
@@ -52,6 +58,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jax.flatten_util import ravel_pytree
 
 from engine.data import Dataset, check_dataset
 from engine.errors import FINITE, ConfigError, Range, require
@@ -70,13 +78,15 @@ class RunState(NamedTuple):
     params: pytree, theta_t; opt_state: the optimizer's state, its hyperparameters
     included; probe_state: {probe name: its state}; forward: what the forward pass reads
     besides theta ({"dropout": rate, "output_scale": alpha, "params0": theta_0}, the
-    keys in use only); step: int32 scalar, the next step to
+    keys in use only); snapshots: [S, P] theta (flattened) at the snapshot steps so far,
+    zeros before (None without snapshots); step: int32 scalar, the next step to
     take; key: the run's PRNG key (minibatches, probe keys); diverged, converged: bool
     scalars; diverged_step, converged_step: int32 scalars, -1 if never."""
     params: Any
     opt_state: Any
     probe_state: dict
     forward: dict
+    snapshots: jax.Array | None
     step: jax.Array
     key: jax.Array
     diverged: jax.Array
@@ -98,7 +108,8 @@ class Simulation:
     init and advance as an argument, not baked into the program); record_steps: [n]
     int; defaults / ranges: {hyperparameter: default / `errors.Range`}; probe: the
     chain of probes; probe_coords: {dim: coordinate values}; config: a JSON-able
-    description; compiled: programs compiled for this simulation, keyed by how they
+    description; snapshot_steps: the steps whose theta a run keeps (`snapshots`), or
+    None; unravel: flat [P] -> params pytree; compiled: programs compiled for this simulation, keyed by how they
     were batched and the shapes they take (kept by `engine.sweep`, so an identical
     second sweep compiles nothing)."""
     init: Callable
@@ -112,6 +123,8 @@ class Simulation:
     probe: Probe
     probe_coords: dict
     config: dict
+    snapshot_steps: np.ndarray | None = None
+    unravel: Callable | None = None
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -133,11 +146,30 @@ class Simulation:
             require(value in allowed, name, f"got {value!r}", f"use {allowed}")
 
 
-def trajectory(state: RunState, rec0: dict, recs: dict) -> dict:
-    """Join the t=0 records with later ones `[k, ...]` and attach the run's flags."""
-    out = {k: jnp.concatenate([rec0[k][None], recs[k]], axis=0) for k in rec0}
-    out.update({f: getattr(state, f) for f in FLAGS})
+def final_values(state: RunState) -> dict:
+    """What a run reports once, at its end: its flags, and `params_snapshot` [S, P] when
+    it keeps snapshots."""
+    out = {f: getattr(state, f) for f in FLAGS}
+    if state.snapshots is not None:
+        out["params_snapshot"] = state.snapshots
     return out
+
+
+def trajectory(state: RunState, rec0: dict, recs: dict) -> dict:
+    """Join the t=0 records with later ones `[k, ...]` and attach the run's final values."""
+    out = {k: jnp.concatenate([rec0[k][None], recs[k]], axis=0) for k in rec0}
+    out.update(final_values(state))
+    return out
+
+
+def keep_snapshot(state: RunState, slots, record) -> RunState:
+    """theta into row slots[record] of the state's snapshots (slots: [records] int, -1 for
+    records without one; `record` is the same for every run, so this is a real branch)."""
+    if state.snapshots is None:
+        return state
+    slot = jnp.asarray(slots)[record]
+    put = lambda snaps: jax.lax.dynamic_update_slice(snaps, ravel_pytree(state.params)[0][None], (slot, 0))
+    return state._replace(snapshots=jax.lax.cond(slot >= 0, put, lambda snaps: snaps, state.snapshots))
 
 
 # ----------------------------------------------------------------------------- one step
@@ -272,7 +304,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                probes=("loss",), batch_size: int | None = None,
                diverge_above: float | None = None, converge_below: float | None = None,
                derive: Callable[[dict], dict] | None = None, dropout: float | None = None,
-               output_scale: float | None = None, scale_loss: bool = True) -> Simulation:
+               output_scale: float | None = None, scale_loss: bool = True, snapshots=None) -> Simulation:
     """Build the pure pieces of one training run (see the module docstring).
 
     model: `engine.models.Model`; data: `engine.data.Dataset`; loss: "mse",
@@ -285,15 +317,25 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     the swept ones (e.g. a learning rate set from width and gamma); dropout: the default
     dropout rate in [0, 1) (None: no dropout in the program); output_scale: the default
     alpha > 0 of the centred model (None: the plain model); scale_loss: divide the loss
-    by alpha^2 (see the module docstring).
+    by alpha^2 (see the module docstring); snapshots: record steps at which each run
+    keeps theta (`params_snapshot`), or None.
     """
     optimizer, init, loss_fn, probe, params_shape = _check_arguments(
         model, data, loss, optimizer, init, steps, every, probes, batch_size, diverge_above, converge_below,
         dropout, output_scale, scale_loss)
+    record_steps = np.unique(np.minimum(np.arange(0, steps + every, every), steps))
+    snapshot_steps = _check_snapshots(snapshots, record_steps)
+    slots = np.full(len(record_steps), -1, np.int32)
+    if snapshot_steps is not None:
+        slots[np.searchsorted(record_steps, snapshot_steps)] = np.arange(len(snapshot_steps))
+
+    def unravel(flat):
+        return ravel_pytree(jax.tree.map(lambda l: jnp.zeros(l.shape, flat.dtype), params_shape))[1](jnp.asarray(flat))
     knobs = {k: v for k, v in (("dropout", dropout), ("output_scale", output_scale)) if v is not None}
     defaults = {**init.defaults, **optimizer.defaults, **knobs}
 
     def measure(state, data, record, first):
+        state = keep_snapshot(state, slots, record)
         return observe(state, data, probe, model, loss_fn, optimizer.tx, steps, every, record, first, batch_size,
                        scale_loss)
 
@@ -308,7 +350,9 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         forward = {k: hp[k] for k in knobs}
         if output_scale is not None:
             forward["params0"] = params
-        state = RunState(params, optimizer.init(params, hp), probe.init(params), forward, jnp.int32(0), k_run,
+        flat = ravel_pytree(params)[0]
+        snaps = None if snapshot_steps is None else jnp.zeros((len(snapshot_steps), flat.shape[0]), flat.dtype)
+        state = RunState(params, optimizer.init(params, hp), probe.init(params), forward, snaps, jnp.int32(0), k_run,
                          jnp.bool_(False), jnp.int32(-1), jnp.bool_(False), jnp.int32(-1))
         return measure(state, data, jnp.int32(0), first=True)
 
@@ -319,7 +363,6 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         records = jnp.asarray(start, jnp.int32) + 1 + jnp.arange(intervals, dtype=jnp.int32)
         return jax.lax.scan(interval, state, records)
 
-    record_steps = np.unique(np.minimum(np.arange(0, steps + every, every), steps))
     coords = {"layer": [name for name, _ in layers(params_shape)], **probe.coords}
     ranges = {**{k: FINITE for k in init.defaults}, **optimizer.ranges, **{k: KNOB_RANGES[k] for k in knobs},
               **{k: Range(0, steps) for k in (optimizer.schedule.steps if optimizer.schedule else ())}}
@@ -332,8 +375,22 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "probes": [p.name for p in probe.members], "batch_size": batch_size,
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
         "dropout": dropout, "output_scale": output_scale, "scale_loss": scale_loss,
+        "snapshots": None if snapshot_steps is None else snapshot_steps.tolist(),
     }
-    return Simulation(start, advance, data, steps, every, record_steps, defaults, ranges, probe, coords, config)
+    return Simulation(start, advance, data, steps, every, record_steps, defaults, ranges, probe, coords, config,
+                      snapshot_steps, unravel)
+
+
+def _check_snapshots(snapshots, record_steps: np.ndarray) -> np.ndarray | None:
+    """The sorted snapshot steps, each a record step; ConfigError otherwise."""
+    if snapshots is None:
+        return None
+    require(isinstance(snapshots, (list, tuple, np.ndarray)) and len(snapshots) >= 1, "snapshots",
+            f"got {snapshots!r}", "give a list of record steps, e.g. [0, 100, 1000], or None")
+    wrong = [t for t in snapshots if not (isinstance(t, (int, np.integer)) and t in record_steps)]
+    require(not wrong, "snapshots", f"steps {wrong[:3]} are not record steps",
+            f"use steps among 0, every, 2 every, ..., {int(record_steps[-1])}")
+    return np.unique(np.asarray(snapshots, np.int64))
 
 
 KNOB_RANGES = {"dropout": Range(0, 1, hi_open=True), "output_scale": Range(0, None, lo_open=True)}

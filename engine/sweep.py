@@ -61,7 +61,7 @@ import xarray as xr
 
 from engine import checkpoint
 from engine.errors import FINITE, ConfigError, require
-from engine.simulate import FLAGS, Simulation
+from engine.simulate import Simulation, final_values
 
 STRATEGIES = ("auto", "vmap", "map")
 
@@ -395,7 +395,7 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
         if files and files["done"].exists():
             saved = checkpoint.load_arrays(files["done"])
             records.append({n[4:]: v for n, v in saved.items() if n.startswith("rec_")})
-            flags.append({f: saved[f"flag_{f}"] for f in FLAGS})
+            flags.append({n[5:]: v for n, v in saved.items() if n.startswith("flag_")})
             bar.update(plan["n_segments"])
             continue
         idx = np.minimum(np.arange(first_run, first_run + chunk), n_runs - 1)  # pad with copies
@@ -421,7 +421,7 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
                 checkpoint.save_state(files["state"], state, {"segment": np.int64(j + 1)})
             bar.update(1)
         records.append({name: np.concatenate([s[name] for s in segs], axis=1) for name in rec0})
-        flags.append({f: np.asarray(getattr(state, f))[:keep] for f in FLAGS})
+        flags.append({f: np.asarray(v)[:keep] for f, v in final_values(state).items()})
         if files:
             checkpoint.finish_chunk(files, plan["n_segments"], records[-1], flags[-1])
     plan["seconds"] = {"compile": round(t_compile, 4),
@@ -441,8 +441,11 @@ def _dataset(sim, grid, seeds, records, flags) -> xr.Dataset:
         for i, d in enumerate(extra):
             if d in sim.probe_coords and len(sim.probe_coords[d]) == arr.shape[2 + i]:
                 coords[d] = sim.probe_coords[d]
-    for f in FLAGS:
-        data_vars[f] = (dims, flags[f].reshape(shape))
+    for f, arr in flags.items():
+        data_vars[f] = (dims, arr.reshape(shape)) if arr.ndim == 1 else (
+            (*dims, "snapshot_step", "parameter"), arr.reshape(*shape, *arr.shape[1:]))
+    if sim.snapshot_steps is not None:
+        coords["snapshot_step"] = sim.snapshot_steps
     return xr.Dataset(data_vars, coords=coords)
 
 
@@ -473,17 +476,33 @@ def _attrs(sim, grid, seeds, static, plans, devices, base_seed, name) -> dict:
 
 
 # ----------------------------------------------------------------------------- files
+def snapshots_path(path) -> Path:
+    """Where `save` puts a sweep's parameter snapshots: beside `path`, NAME.snapshots.nc."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.snapshots{path.suffix or '.nc'}")
+
+
 def save(ds: xr.Dataset, path) -> None:
     """Write `ds` as netCDF atomically (`engine.checkpoint.replacing`): a crash leaves
-    the previous file or none, never a half-written one that looks complete."""
+    the previous file or none, never a half-written one that looks complete. Parameter
+    snapshots (dim "parameter": runs x snapshots x parameters, the large part) go to
+    their own file (`snapshots_path`), so the results stay small to open and share."""
+    big = [n for n in ds.data_vars if "parameter" in ds[n].dims]
+    if big:
+        with checkpoint.replacing(snapshots_path(path)) as tmp:
+            ds[big].to_netcdf(tmp)
     with checkpoint.replacing(path) as tmp:
-        ds.to_netcdf(tmp)
+        ds.drop_vars(big).to_netcdf(tmp)
 
 
 def load(path) -> xr.Dataset:
-    """Read a saved sweep back into memory."""
+    """Read a saved sweep back into memory, with its parameter snapshots if saved."""
     with xr.open_dataset(os.fspath(path)) as ds:
-        return ds.load()
+        ds = ds.load()
+    if snapshots_path(path).exists():
+        with xr.open_dataset(os.fspath(snapshots_path(path))) as snaps:
+            ds = ds.merge(snaps.load(), combine_attrs="override")
+    return ds
 
 
 def config_of(ds: xr.Dataset) -> dict:

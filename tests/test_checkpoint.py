@@ -54,7 +54,8 @@ def test_a_sigkilled_sweep_resumes_to_identical_results(tmp_path):
 
 def test_interrupted_in_process_resume_equals_one_go(tmp_path, monkeypatch, tiny_sim):
     # the sharpness every 3rd record, segments of 2: its cadence crosses segment boundaries
-    sim = tiny_sim(steps=80, every=10, probes=("loss", "relative_change_layer", probes.every(30, "sharpness")))
+    sim = tiny_sim(steps=80, every=10, probes=("loss", "relative_change_layer", probes.every(30, "sharpness")),
+                   snapshots=[0, 30, 80])
     kw = dict(grid={"lr": [0.05, 0.2]}, seeds=3, chunk=2, segment=2)
     whole = sweep.sweep(sim, **kw)
     calls, save_state = [], checkpoint.save_state

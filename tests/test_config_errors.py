@@ -133,6 +133,7 @@ CASES = {
     "a cadence that is not a multiple of every": ("probes", lambda: two_layer(
         every=10, probes=("loss", probes.every(15, "sharpness")))),
     "a step size at its own cadence": ("probes.every", lambda: probes.every(20, probes.step_size())),
+    "a snapshot between records": ("snapshots", lambda: two_layer(every=10, snapshots=[0, 15])),
     "full batch as a static axis": ("static['batch_size']", lambda: sweep.sweep(
         lambda batch_size: two_layer(batch_size=batch_size), static={"batch_size": [2, None]})),
 }

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from engine import data, init, models, optim, probes, simulate
+from engine import data, init, losses, models, optim, probes, simulate
 
 
 def test_records_at_zero_every_and_last_step_match_a_hand_loop(tiny_sim):
@@ -132,3 +132,25 @@ def test_a_probe_at_its_own_cadence_is_measured_only_there_and_changes_nothing_e
     measured = np.isin(np.arange(0, 100, 10), [0, 40, 80])
     assert np.all(np.isnan(sparse["sharpness"][~measured])) and np.all(np.isnan(sparse["eigen_residual"][~measured]))
     np.testing.assert_allclose(sparse["sharpness"][measured], dense["sharpness"][measured], rtol=1e-3)
+
+
+def test_parameter_snapshots_are_theta_at_their_steps_and_are_saved_beside_the_results(tmp_path):
+    """snapshots=[0, 20, 60]: each row is theta_t of the run (the recorded loss of the
+    unravelled row is the loss recorded at t, and the last row is the final state's
+    theta, bit for bit); a sweep saves them to NAME.snapshots.nc and load joins them."""
+    from engine import sweep
+    model, d = models.mlp((1, 8, 1), "tanh"), data.chebyshev(3, 20)
+    sim = simulate.simulation(model, d, "mse", optim.gd(lr=0.2), steps=60, every=10, probes=("loss",),
+                              snapshots=[60, 0, 20])
+    state, rec0 = sim.init(jax.random.key(0), {}, sim.data)
+    state, recs = sim.advance(state, sim.data, sim.intervals)
+    snaps = np.asarray(state.snapshots)
+    np.testing.assert_array_equal(snaps[-1], np.concatenate([np.ravel(x) for x in jax.tree.leaves(state.params)]))
+    loss_at = lambda row: losses.mse(model.apply(sim.unravel(row), d.x), d.y)
+    np.testing.assert_allclose([loss_at(snaps[0]), loss_at(snaps[1])], [rec0["loss"], recs["loss"][1]], rtol=1e-6)
+    ds = sweep.sweep(sim, grid={"lr": [0.1, 0.2]}, seeds=2)
+    assert ds.params_snapshot.dims == ("seed", "lr", "snapshot_step", "parameter")
+    assert list(ds.snapshot_step.values) == [0, 20, 60]
+    sweep.save(ds, tmp_path / "r.nc")
+    assert (tmp_path / "r.snapshots.nc").exists()
+    np.testing.assert_array_equal(sweep.load(tmp_path / "r.nc").params_snapshot, ds.params_snapshot)
