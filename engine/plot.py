@@ -87,8 +87,9 @@ def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | Non
            title: str = "") -> str:
     """Stacked panels sharing the x axis, one line per value of `hue` in each (median
     over `over`, min-max band). Each row is a dict with `da` (DataArray), `ylabel`,
-    optional `logy` and `refs` ({hue value: y}, drawn as dashed lines of the same
-    colour, e.g. the stability threshold 2/eta of each learning rate) and `ylim`."""
+    optional `logy` and `refs` ({hue value: y or a DataArray over x}, drawn as dashed
+    lines of the same colour, e.g. the stability threshold 2/eta of each learning rate, or
+    2/eta_t under a schedule) and `ylim`."""
     fig, axes = plt.subplots(len(rows), 1, figsize=(7.5, 2.6 * len(rows) + 0.6), sharex=True,
                              constrained_layout=True, squeeze=False)
     for ax, row in zip(axes[:, 0], rows):
@@ -101,8 +102,11 @@ def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | Non
                                 color=c, alpha=0.2, lw=0)
                 line = line.median(over)
             ax.plot(line[x].values, line.values, "-", color=c, lw=1.2, label=f"{hue} = {value:g}")
-            if row.get("refs") and value in row["refs"]:
-                ax.axhline(row["refs"][value], color=c, ls="--", lw=1)
+            ref = (row.get("refs") or {}).get(value)
+            if ref is not None and hasattr(ref, "dims"):  # a threshold that moves, e.g. 2/eta_t
+                ax.plot(ref[x].values, ref.values, "--", color=c, lw=1)
+            elif ref is not None:
+                ax.axhline(ref, color=c, ls="--", lw=1)
         ax.set(ylabel=row["ylabel"], yscale="log" if row.get("logy") else "linear")
         if row.get("ylim"):
             ax.set_ylim(*row["ylim"])

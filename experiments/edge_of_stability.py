@@ -27,22 +27,28 @@ eta in {2/30, 2/50, 2/70, 2/90}.
 The late phase is the last `late` fraction of the recorded steps. Per learning rate the
 summary reports the median over seeds of the late-phase median of sharpness / (2/eta)
 and the fraction of seeds within +-10%.
+
+`schedule` (default "constant") trains with a learning-rate schedule of
+`engine.schedules` whose lengths are fractions of the run (our choice): warmup over the
+first 10% of the steps, a decay over the last 20% (wsd, warmup_cosine), steps every 25%
+(step_decay). Then eta is the rate in force, eta_t = lr * s(t) (`scheduled_lr`), and the
+threshold, the summary's ratios and the figure's dashed lines are 2/eta_t.
 """
 from __future__ import annotations
 
 import sys
 
-from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, schedules, simulate, sweep
 from engine.errors import FRACTION, POSITIVE, Range, require
 
 NAME = "edge_of_stability"
 PRESETS = {
     "quick": {"data": "chebyshev-3-20", "n_train": None, "widths": [1, 50, 50, 1], "activation": "tanh",
               "lrs": [0.05, 0.1], "seeds": 8, "steps": 5000, "every": 10, "sharpness_examples": None,
-              "late": 0.5},
+              "late": 0.5, "schedule": "constant"},
     "paper": {"data": "cifar10.npz", "n_train": 5000, "widths": [3072, 200, 200, 10], "activation": "tanh",
               "lrs": [2 / 30, 2 / 50, 2 / 70, 2 / 90], "seeds": 4, "steps": 20000, "every": 50,
-              "sharpness_examples": None, "late": 0.5},
+              "sharpness_examples": None, "late": 0.5, "schedule": "constant"},
 }
 RANGES = {"n_train": Range(1, integer=True, none_ok=True), "lrs": POSITIVE,
           "sharpness_examples": Range(1, integer=True, none_ok=True), "late": FRACTION}
@@ -58,8 +64,16 @@ def build(config: dict) -> simulate.Simulation:
             f"the data have {d.y.shape[1]} outputs but widths[-1] = {config['widths'][-1]}",
             f"use widths ending with {d.y.shape[1]}")
     sharp = probes.sharpness(iters=20, warm_iters=10, examples=config["sharpness_examples"])
-    return simulate.simulation(model, d, "mse", optim.gd(), init.scaled(model), steps=config["steps"],
-                               every=config["every"], probes=("loss", "loss_change", sharp))
+    return simulate.simulation(model, d, "mse", optim.gd(schedule=lr_schedule(config)), init.scaled(model),
+                               steps=config["steps"], every=config["every"], probes=("loss", "loss_change", sharp))
+
+
+def lr_schedule(config: dict):
+    """config["schedule"], its lengths fractions of the run (None: a constant rate)."""
+    n, name = config["steps"], config.get("schedule", "constant")
+    lengths = {"warmup_steps": 0.1 * n, "decay_start": 0.8 * n, "decay_steps": 0.2 * n, "decay_every": 0.25 * n}
+    return None if name == "constant" else schedules.schedule(
+        name, **{k: v for k, v in lengths.items() if k in schedules.schedule(name).defaults})
 
 
 def run_sweep(config: dict, **options):
@@ -68,8 +82,8 @@ def run_sweep(config: dict, **options):
 
 
 def threshold(ds):
-    """2/eta per learning rate: [lr]."""
-    return 2.0 / ds.lr
+    """2/eta per learning rate: [lr]; under a schedule 2/eta_t: [seed, lr, step]."""
+    return 2.0 / (ds.scheduled_lr if "scheduled_lr" in ds else ds.lr)
 
 
 def late_ratio(ds, config: dict):
@@ -121,8 +135,9 @@ def summarize(ds, config: dict) -> dict:
 
 
 def figures(ds, config: dict, out_dir) -> list[str]:
-    refs = {lr: 2 / float(lr) for lr in ds.lr.values}
-    top = max(refs.values()) * 1.6
+    limit = threshold(ds)
+    refs = {lr: limit.sel(lr=lr).median("seed") if "step" in limit.dims else 2 / float(lr) for lr in ds.lr.values}
+    top = 2 / float(ds.lr.min()) * 1.6
     rows = [{"da": ds.loss, "ylabel": "train loss", "logy": True},
             {"da": ds.sharpness, "ylabel": "sharpness  (dashed: 2/eta)", "refs": refs, "ylim": (0, top)}]
     title = (f"GD on {config['data']}, {'-'.join(map(str, config['widths']))} {config['activation']}: "

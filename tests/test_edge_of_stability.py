@@ -48,3 +48,17 @@ def test_paper_preset_runs_on_the_users_cifar_shaped_npz(tmp_path):
     d = data.named(str(path), 50)  # the data set by name, as the preset names it
     np.testing.assert_allclose(d.x.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(d.x.std(0), 1, atol=1e-4)
+
+
+def test_under_a_schedule_the_threshold_is_two_over_the_rate_in_force(tmp_path):
+    """schedule=warmup: the threshold, the summary's ratios and the figure's dashed
+    curves use 2/eta_t, eta_t the recorded scheduled_lr (0 -> lr over the first 10%)."""
+    config = {**eos.PRESETS["quick"], "seeds": 1, "steps": 200, "every": 10, "schedule": "warmup"}
+    experiment.run(eos, config, tmp_path, progress=False)
+    ds = sweep.load(tmp_path / "results.nc")
+    np.testing.assert_allclose(ds.scheduled_lr.sel(step=[0, 10, 20, 200]).isel(seed=0).values,
+                               np.outer([0, 0.5, 1, 1], ds.lr.values).T, rtol=1e-6)
+    limit = eos.threshold(ds)
+    assert limit.dims == ("seed", "lr", "step")
+    np.testing.assert_allclose(limit.isel(step=-1), 2 / ds.lr.broadcast_like(limit.isel(step=-1)), rtol=1e-6)
+    assert (tmp_path / "edge_of_stability.png").exists()
