@@ -1,4 +1,5 @@
 """python -m benchmarks [--quick] [--json FILE] [--only NAME ...] [--markdown FILE]
+       python -m benchmarks --device-check [--dry-run] [--json FILE]
 
 Prints one JSON list of records, each comparing the engine with a baseline run in the
 same process on the same workload (ratios, because absolute times drift):
@@ -31,7 +32,14 @@ def main(argv=None) -> list[Record]:
     p.add_argument("--json", default=None, help="also write the records to this file")
     p.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), help="run only these workloads")
     p.add_argument("--markdown", metavar="FILE", help="print the table of a saved results file and exit")
+    p.add_argument("--device-check", action="store_true",
+                   help="the accelerator check (benchmarks/device_check.py): writes results/<device>.json")
+    p.add_argument("--dry-run", action="store_true", help="with --device-check: tiny sizes, for CI on a CPU")
     args = p.parse_args(argv)
+    if args.device_check:
+        from benchmarks import device_check
+        device_check.main(args.dry_run, args.json)
+        return []
     if args.markdown:
         with open(args.markdown) as f:
             print(markdown_table(explain(judge([from_json(r) for r in json.load(f)]))))

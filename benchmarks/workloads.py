@@ -87,6 +87,34 @@ def _models():
             (DIGITS["network"], models.mlp((64, 200, 200, 10), "tanh"), data.digits())]
 
 
+def unit(tree):
+    """`tree` divided by its norm as one flat vector."""
+    return jax.tree.map(lambda x: x / jnp.linalg.norm(ravel_pytree(tree)[0]), tree)
+
+
+def _axpy(a, x, y):
+    return jax.tree.map(lambda u, w: u + a * w, y, x)
+
+
+def grad_loop(loss_fn, reps: int):
+    """params -> params after `reps` gradient steps theta <- theta - 1e-6 grad (a timed loop)."""
+    return lambda p: jax.lax.fori_loop(0, reps, lambda i, p: _axpy(-1e-6, jax.grad(loss_fn)(p), p), p)
+
+
+def hvp_loop(loss_fn, reps: int, mode: str, fixed_params: bool = False):
+    """(params, v) -> `reps` power-iteration steps v <- Hv/|Hv|: a lone HVP each, theta
+    moving by 1e-9 v every step so that nothing can be hoisted; or at fixed theta, as
+    inside one Lanczos solve."""
+    if fixed_params:
+        return lambda p, v: jax.lax.fori_loop(0, reps, lambda i, v: unit(curvature.hvp(loss_fn, p, v, mode)), v)
+
+    def body(i, c):
+        p, v = c
+        v = unit(curvature.hvp(loss_fn, p, v, mode))
+        return _axpy(1e-9, v, p), v
+    return lambda p, v: jax.lax.fori_loop(0, reps, body, (p, v))
+
+
 def hvp_cost(quick: bool, peak: float) -> list[Record]:
     """One Hessian-vector product over one gradient, each mode, for each network, timed
     as loops on the device so that dispatch does not count: gradient descent
@@ -96,13 +124,10 @@ def hvp_cost(quick: bool, peak: float) -> list[Record]:
 
     out = []
     reps = 50 if quick else 500
-    unit = lambda t: jax.tree.map(lambda x: x / jnp.linalg.norm(ravel_pytree(t)[0]), t)
-    axpy = lambda a, x, y: jax.tree.map(lambda u, w: u + a * w, y, x)
     for name, model, d in _models():
         params = model.init(jax.random.key(0))
         loss_fn = lambda p: losses.mse(model.apply(p, d.x), d.y)
-        descend = jax.jit(lambda p: jax.lax.fori_loop(
-            0, reps, lambda i, p: axpy(-1e-6, jax.grad(loss_fn)(p), p), p))
+        descend = jax.jit(grad_loop(loss_fn, reps))
         t_c = time.perf_counter()
         jax.block_until_ready(descend(params))
         compile_s = time.perf_counter() - t_c
@@ -110,13 +135,7 @@ def hvp_cost(quick: bool, peak: float) -> list[Record]:
         v0 = unit(jax.tree.map(jnp.ones_like, params))
         grad_flops = _cost(jax.jit(jax.grad(loss_fn)).lower(params).compile())["flops"]
         for mode in curvature.HVP_MODES:
-            def lone(p, v):
-                def body(i, c):
-                    p, v = c
-                    v = unit(curvature.hvp(loss_fn, p, v, mode))
-                    return axpy(1e-9, v, p), v
-                return jax.lax.fori_loop(0, reps, body, (p, v))
-            fixed = lambda p, v: jax.lax.fori_loop(0, reps, lambda i, v: unit(curvature.hvp(loss_fn, p, v, mode)), v)
+            lone, fixed = hvp_loop(loss_fn, reps, mode), hvp_loop(loss_fn, reps, mode, fixed_params=True)
             for tag, f, goal in (("", lone, Goal("hvp_over_grad", "<=", 2.5)), ("_fixed_params", fixed, None)):
                 xla = xla_cost_ratios(descend, (params,), jax.jit(f), (params, v0))
                 f = jax.jit(f)

@@ -45,3 +45,22 @@ def test_records_round_trip_through_json():
     assert obj["name"] == "tiny_eos_1-100-1_sharpness_every_10" and obj["strategy"] == "map(batch=2)"
     assert obj["goal"] == "probe_cost <= 1.5" and obj["grad_us"] == 1.8 and not obj["goal_met"]
     assert from_json(obj) == r
+
+
+def test_the_device_check_dry_run_writes_its_documented_schema(tmp_path):
+    """`python -m benchmarks --device-check` on this CPU with tiny sizes: every field the
+    module docstring documents is there; the numbers are not judged."""
+    from benchmarks import device_check
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--device-check", "--dry-run", "--json",
+                          str(tmp_path / "d.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert result == json.loads(out.stdout) and result["schema"] == "engine.device_check/1" and result["dry_run"]
+    doc = device_check.__doc__
+    for field in (*result["device"], *result["precision"], *result["peaks"], *result["hvp"][0],
+                  *result["workloads"][0], *result["goals"][0]):
+        assert field in doc, f"{field} is not documented in benchmarks/device_check.py"
+    assert [w["name"] for w in result["workloads"]] == ["phase_sweep", "tiny_eos", "digits"]
+    eos = result["workloads"][1]
+    assert eos["hvps_per_step"] > 0 and eos["speedup"] > 0 and 0 < eos["roofline_fraction"]
+    assert not result["precision"]["tf32_in_force"]  # a CPU computes float32 products in float32
