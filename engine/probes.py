@@ -46,6 +46,13 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
                                           s = sqrt(lambda_max((1/n) sum_i H_i^2 - H^2)) (Wu, Ma & E 2018)
     step_size (lr, hessian_norm)          sets the learning rate a run can afford,
                                           lr = fraction * 2 / ||H||_2
+  what the network represents (grokking):
+    weight_norm_layer                     ||theta_l|| per layer, dims ("layer",)
+    logit_norm                            mean_i ||f(x_i)||
+    softmax_collapse                      fraction of examples whose correct-class softmax is
+                                          exactly 1 in float32 (Prieto et al. 2025)
+    ntk_distance                          1 - <K_t, K_0>_F / (||K_t|| ||K_0||) (Fort et al. 2020)
+    output_spectrum(grid_x, grid_shape)   |DFT over the input grid of f|^2 per frequency
 """
 from __future__ import annotations
 
@@ -612,6 +619,87 @@ def _per_layer(params, params0) -> jax.Array:
     return jnp.stack([relative_change(p, p0) for (_, p), (_, p0) in zip(layers(params), layers(params0))])
 
 
+# ----------------------------------------------------------------------------- representation
+def layer_norms(params) -> jax.Array:
+    """||theta_l|| of each layer (`engine.models.layers` order): [layer]."""
+    return jnp.stack([norm(p) for _, p in layers(params)])
+
+
+def logit_norm(snap: Snapshot) -> jax.Array:
+    """The mean over training examples of ||f(x_i)||_2, the logits' size (Prieto et al.
+    2025: it grows without bound on the way to Softmax Collapse)."""
+    return jnp.mean(jnp.linalg.norm(snap.predict(snap.params, snap.data.x), axis=-1))
+
+
+def softmax_collapse(dtype: str = "float32") -> Probe:
+    """The fraction of training examples whose softmax has collapsed: the correct-class
+    probability is exactly 1 when the logits are rounded to `dtype` and the softmax is
+    computed in it, so that example's cross-entropy gradient is exactly 0 (Softmax
+    Collapse, Prieto et al. 2025). Classification targets."""
+    require(dtype in ("float16", "bfloat16", "float32", "float64"), "probes.dtype", f"got {dtype!r}",
+            "use float16, bfloat16, float32 or float64")
+
+    def fn(snap):
+        logits = snap.predict(snap.params, snap.data.x).astype(dtype)
+        p = jax.nn.softmax(logits, axis=-1)
+        correct = jnp.take_along_axis(p, jnp.argmax(snap.data.y, -1)[:, None], -1)[:, 0]
+        return jnp.mean((correct == 1).astype(jnp.float32))
+
+    return scalar("softmax_collapse", fn, needs={"classification"})
+
+
+def ntk_gram(predict, params, x, direction) -> jax.Array:
+    """K_ij = <grad_theta u.f(x_i), grad_theta u.f(x_j)>: the empirical NTK of the
+    outputs projected on `direction` u [outputs] (for one output, u = 1: the NTK
+    itself), on the examples x [m, ...]. [m, m]."""
+    row = lambda xi: ravel_pytree(jax.grad(lambda p: predict(p, xi[None])[0] @ direction)(params))[0]
+    J = jax.vmap(row)(x)
+    return J @ J.T
+
+
+def ntk_distance(examples: int = 32) -> Probe:
+    """The kernel distance of the empirical NTK from its value at initialization,
+    d(K_t, K_0) = 1 - <K_t, K_0>_F / (||K_t||_F ||K_0||_F) (Fort et al. 2020; the
+    measure of laziness in Kumar et al. 2023): 0 while training is lazy. K on the first
+    `examples` training inputs; for several outputs, the NTK of their projection on one
+    fixed random unit direction (drawn from a fixed key, the same at every step and in
+    every run), which costs `examples` gradients instead of `examples` x outputs.
+    State: theta_0."""
+    _check_examples(examples)
+
+    def measure(snap, params0):
+        x = snap.data.x[:examples]
+        outputs = snap.data.y.shape[-1]
+        u = jax.random.normal(jax.random.key(0), (outputs,))
+        u = u / jnp.linalg.norm(u)
+        K, K0 = (ntk_gram(snap.predict, p, x, u) for p in (snap.params, params0))
+        return {"ntk_distance": 1 - jnp.sum(K * K0) / (jnp.linalg.norm(K) * jnp.linalg.norm(K0))}, params0
+
+    return Probe("ntk_distance", measure, {"ntk_distance": ()}, init=lambda params: params)
+
+
+def output_spectrum(grid_x, grid_shape: tuple, name: str = "output_power") -> Probe:
+    """The power per frequency of the network's outputs over an input grid: f on the
+    inputs grid_x [prod(grid_shape), ...] (e.g. every pair (a, b) of Z_p^2 in order,
+    grid_shape (p, p)), reshaped to [*grid_shape, outputs], its discrete Fourier
+    transform over the grid axes, |F(k)|^2 summed over outputs: dims
+    (f"{name}_k0", f"{name}_k1", ...). For modular arithmetic, a network that has learnt
+    (a + b) mod p puts its power on a few frequencies (Nanda et al. 2023; Zhou, Zhang &
+    Xu 2024 read grokking as the fitting of frequencies)."""
+    grid_shape = tuple(int(g) for g in grid_shape)
+    require(len(grid_x) == int(jnp.prod(jnp.array(grid_shape))), "probes.grid_x",
+            f"has {len(grid_x)} inputs, grid_shape {grid_shape} needs {int(jnp.prod(jnp.array(grid_shape)))}",
+            "give every grid point once, in row-major order")
+    grid_x = jnp.asarray(grid_x)
+    axes = tuple(range(len(grid_shape)))
+
+    def fn(snap):
+        f = snap.predict(snap.params, grid_x).reshape(*grid_shape, -1)
+        return jnp.sum(jnp.abs(jnp.fft.fftn(f, axes=axes)) ** 2, axis=-1) / f.size
+
+    return scalar(name, fn, dims=tuple(f"{name}_k{i}" for i in axes))
+
+
 # ----------------------------------------------------------------------------- registry
 BUILTIN = {
     "loss": lambda: scalar("loss", lambda s: s.loss(s.predict(s.params, s.data.x), s.data.y)),
@@ -640,6 +728,10 @@ BUILTIN = {
     "layer_sharpness": layer_sharpness,
     "step_size": step_size,
     "neuron_weights": neuron_weights,
+    "weight_norm_layer": lambda: scalar("weight_norm_layer", lambda s: layer_norms(s.params), dims=("layer",)),
+    "logit_norm": lambda: scalar("logit_norm", logit_norm),
+    "softmax_collapse": softmax_collapse,
+    "ntk_distance": ntk_distance,
 }
 
 
