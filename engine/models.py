@@ -205,12 +205,18 @@ def cnn(input_shape, channels=(16, 16), out_dim: int = 10, activation: str = "re
 
 
 def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: int = 64,
-                heads: int = 4, depth: int = 1, mlp_ratio: int = 4) -> Model:
+                heads: int = 4, depth: int = 1, mlp_ratio: int = 4, layer_norm: bool = True,
+                activation: str = "gelu") -> Model:
     """A small decoder-style transformer (flax linen) for token tasks such as modular
     arithmetic: x: [n, seq_len] token ids (stored as floats by `engine.data`; cast
     here) -> logits of the last position [n, out_dim or vocab]. Pre-LayerNorm blocks
-    of causal self-attention and a GELU MLP, learned position embeddings."""
+    of causal self-attention and an MLP of width mlp_ratio * d_model, learned position
+    embeddings. `layer_norm=False, activation="relu"` is Nanda et al. 2023's grokking
+    transformer (with d_model 128, heads 4, mlp_ratio 4)."""
     import flax.linen as nn
+
+    act = activation_function(activation)
+    norm = (lambda h: nn.LayerNorm()(h)) if layer_norm else (lambda h: h)
 
     for field, v in (("vocab", vocab), ("seq_len", seq_len), ("d_model", d_model), ("heads", heads),
                      ("depth", depth)):
@@ -228,10 +234,10 @@ def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: i
             h = h + self.param("position", nn.initializers.normal(0.02), (seq_len, d_model))
             mask = nn.make_causal_mask(tokens)
             for i in range(depth):
-                h = h + drop(nn.MultiHeadDotProductAttention(heads)(nn.LayerNorm()(h), mask=mask), 2 * i)
-                z = nn.Dense(mlp_ratio * d_model)(nn.LayerNorm()(h))
-                h = h + drop(nn.Dense(d_model)(jax.nn.gelu(z)), 2 * i + 1)
-            return nn.Dense(out_dim)(nn.LayerNorm()(h[:, -1]))
+                h = h + drop(nn.MultiHeadDotProductAttention(heads)(norm(h), mask=mask), 2 * i)
+                z = nn.Dense(mlp_ratio * d_model)(norm(h))
+                h = h + drop(nn.Dense(d_model)(act(z)), 2 * i + 1)
+            return nn.Dense(out_dim)(norm(h[:, -1]))
 
     return from_flax(Transformer(), jnp.zeros((1, seq_len)), "transformer", out_dim, dropout=True)
 

@@ -68,3 +68,17 @@ def test_small_transformer_is_a_model():
     assert not np.allclose(m.apply(params, x), m.apply(params, x.at[:, 0].set(0.0)))  # sees every token
     grads = jax.grad(lambda p: jnp.sum(m.apply(p, x) ** 2))(params)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+
+def test_nandas_transformer_has_no_layer_norm_and_a_relu_mlp():
+    """layer_norm=False drops every LayerNorm's parameters; the activation changes the
+    function, not the parameters."""
+    x = jnp.array([[1.0, 2.0, 7.0], [4.0, 5.0, 7.0]])
+    with_ln = models.transformer(vocab=8, seq_len=3, d_model=16, heads=2).init(jax.random.key(0))
+    m = models.transformer(vocab=8, seq_len=3, d_model=16, heads=2, layer_norm=False, activation="relu")
+    gelu = models.transformer(vocab=8, seq_len=3, d_model=16, heads=2, layer_norm=False)
+    params = m.init(jax.random.key(0))
+    assert any("LayerNorm" in k for k in with_ln) and not any("LayerNorm" in k for k in params)
+    assert jax.tree.structure(params) == jax.tree.structure(gelu.init(jax.random.key(0)))
+    assert not np.allclose(m.apply(params, x), gelu.apply(params, x))
+    assert m.apply(params, x).shape == (2, 8) and bool(jnp.all(jnp.isfinite(m.apply(params, x))))
