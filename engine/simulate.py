@@ -307,8 +307,9 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                output_scale: float | None = None, scale_loss: bool = True, snapshots=None) -> Simulation:
     """Build the pure pieces of one training run (see the module docstring).
 
-    model: `engine.models.Model`; data: `engine.data.Dataset`; loss: "mse",
-    "cross_entropy" or `f(y_pred, y) -> scalar`; optimizer: `engine.optim.Optimizer`
+    model: `engine.models.Model`; data: `engine.data.Dataset`; loss: a name of
+    `engine.losses.LOSSES` ("mse", "cross_entropy", "stablemax_cross_entropy",
+    "cross_entropy_float64", ...) or `f(y_pred, y) -> scalar`; optimizer: `engine.optim.Optimizer`
     (default GD); init: `engine.init.Initializer` (default `scaled(model)`); probes:
     names or `engine.probes.Probe`s, measured as one `probes.chain` (a
     `probes.step_size(...)` among them sets each run's lr for the next `every` steps);

@@ -1,8 +1,10 @@
-"""Grokking tasks (issue 16, item 1)."""
+"""Grokking tasks, StableMax and precision-controlled cross-entropy (issue 16, items 1-2)."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine import data
+from engine import data, losses, models, optim, simulate, sweep
 from engine.errors import ConfigError
 
 PYTHON_OPS = {"+": lambda a, b, p: (a + b) % p, "-": lambda a, b, p: (a - b) % p,
@@ -55,6 +57,7 @@ def test_modular_split_follows_the_data_seed_only():
     (lambda: data.modular(97, encoding="bits"), "encoding"),
     (lambda: data.modular(5, "+", 0.01), "train_fraction"),   # no training pair left
     (lambda: data.named("modular-pow-97-0.3"), "data"),
+    (lambda: losses.cross_entropy_in("float8"), "loss"),
 ])
 def test_bad_grokking_data_is_one_line_config_error(call, field):
     with pytest.raises(ConfigError) as e:
@@ -86,3 +89,73 @@ def test_quadratic_index_is_half_the_square_of_a_unit_projection():
                                    rtol=1e-5, atol=1e-6)  # x is held in float32
     assert 0.4 < float(np.mean(d.y_test)) < 0.6                # E y = 1/2
     assert not np.allclose(beta, data.quadratic_index_direction(100, seed=3))
+
+
+# ----------------------------------------------------------------------------- losses
+def stablemax_reference(x, y):
+    """Loss and gradient of StableMax cross-entropy, float64 numpy, straight from the formula."""
+    x = np.asarray(x, np.float64)
+    s = np.where(x >= 0, x + 1, 1 / (1 - np.minimum(x, 0)))
+    ds = np.where(x >= 0, 1.0, 1 / (1 - np.minimum(x, 0)) ** 2)
+    total = s.sum(-1, keepdims=True)
+    n = x.shape[0]
+    loss = -np.mean(np.sum(y * np.log(s / total), -1))
+    grad = (-y * ds / s + y.sum(-1, keepdims=True) * ds / total) / n
+    return loss, grad
+
+
+def test_stablemax_cross_entropy_matches_float64_numpy_even_for_huge_logits():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)) * np.array([[1.0], [10.0], [1e3], [1e6], [1e12], [1e30]])
+    x[0, 0] = 0.0                                              # the kink of s, where both branches meet
+    y = np.eye(5)[[0, 1, 2, 3, 4, 0]]
+    loss, grad = jax.jit(jax.value_and_grad(losses.stablemax_cross_entropy))(jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    ref_loss, ref_grad = stablemax_reference(np.asarray(jnp.asarray(x, jnp.float32)), y)
+    assert np.isfinite(float(loss)) and np.isfinite(np.asarray(grad)).all()
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(float(losses.stablemax_cross_entropy(jnp.zeros((3, 4)), jnp.eye(4)[:3])),
+                               np.log(4), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(losses.stablemax(jnp.array([[1.0, 0.0, -1.0]]))), [[2 / 3.5, 1 / 3.5, 0.5 / 3.5]],
+                               rtol=1e-6)
+    assert losses.loss_function("stablemax_cross_entropy") is losses.stablemax_cross_entropy
+
+
+def test_low_precision_softmax_collapses_where_float64_does_not():
+    y = jnp.array([[1.0, 0.0, 0.0]])
+    f16, f32 = losses.loss_function("cross_entropy_float16"), losses.loss_function("cross_entropy_float32")
+    with jax.enable_x64(True):
+        f64 = losses.loss_function("cross_entropy_float64")
+        x = jnp.array([[30.0, 0.0, 0.0]], jnp.float64)         # the correct logit leads by 30
+        (l32, g32), (l64, g64) = jax.value_and_grad(f32)(x, y), jax.value_and_grad(f64)(x, y)
+        assert float(l32) == 0.0 and float(g32[0, 0]) == 0.0   # absorbed: 1 + 2e^-30 == 1 in float32
+        # float64's log(1 + 2e^-30) is 2e^-30 to within its own rounding of 1 + 2e^-30 (1e-16 / 2e-13)
+        np.testing.assert_allclose(float(l64), np.log1p(2 * np.exp(-30.0)), rtol=2e-3)
+        np.testing.assert_allclose(float(g64[0, 0]), -2 * np.exp(-30.0) / (1 + 2 * np.exp(-30.0)), rtol=2e-3)
+        x = jnp.array([[120.0, 0.0, 0.0]], jnp.float64)        # by 120: e^-120 underflows float32
+        assert float(jnp.abs(jax.grad(f32)(x, y)).max()) == 0.0                      # the whole gradient
+        np.testing.assert_allclose(np.asarray(jax.grad(f64)(x, y))[0, 1:], np.exp(-120.0), rtol=1e-6)
+    x = jnp.array([[10.0, 0.0, 0.0]])                          # float16 collapses at a gap of 10 already
+    assert float(f16(x, y)) == 0.0 and float(f32(x, y)) > 0
+    assert f16(x, y).dtype == jnp.float32                      # recorded in the model's type
+    np.testing.assert_allclose(float(f32(x, y)), float(losses.cross_entropy(x, y)), rtol=1e-6)
+
+
+def tiny_modular_sim(loss, steps=4, optimizer=None):
+    p = 5
+    model = models.mlp((2 * p, 16, p), "relu")
+    return simulate.simulation(model, data.modular(p, "+", 0.5, seed=0), loss,
+                               optimizer or optim.adamw(lr=1e-2), steps=steps, every=2,
+                               probes=("loss", "test_loss", "test_accuracy"))
+
+
+def test_float64_loss_without_x64_fails_before_compiling():
+    with pytest.raises(ConfigError) as e:
+        losses.cross_entropy_in("float64")(jnp.zeros((1, 3)), jnp.eye(3)[:1])
+    assert e.value.field == "loss" and "x64" in str(e.value) and "\n" not in str(e.value)
+    sim = tiny_modular_sim("cross_entropy_float64")
+    with pytest.raises(ConfigError, match="jax_enable_x64 is off"):
+        sweep.sweep(sim, x64=False, progress=False)
+    assert sim.compiled == {}                                  # raised while tracing, nothing compiled
+    ds = sweep.sweep(sim, x64=True, progress=False)
+    assert ds.loss.dtype == np.float64 and np.isfinite(ds.loss.values).all()
