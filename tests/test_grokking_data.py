@@ -1,7 +1,8 @@
-"""Grokking tasks, StableMax and precision-controlled cross-entropy (issue 16, items 1-2)."""
+"""Grokking tasks, StableMax, precision-controlled cross-entropy and ⊥Grad (issue 16, items 1-2)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from engine import data, losses, models, optim, simulate, sweep
@@ -45,6 +46,14 @@ def test_modular_split_follows_the_data_seed_only():
     np.testing.assert_array_equal(tokens.y, one_hot.y)
     np.testing.assert_array_equal(data.named("modular-add-13-0.4", seed=5).x, one_hot.x)
     np.testing.assert_array_equal(data.named("modular-add-13-0.4-tokens", seed=5).x, tokens.x)
+
+
+def test_token_encoding_fits_the_transformer():
+    p = 7
+    d = data.modular(p, "*", 0.5, encoding="tokens")
+    model = models.transformer(p + 1, 3, out_dim=p, d_model=16, heads=2)
+    sim = simulate.simulation(model, d, "stablemax_cross_entropy", optim.adamw(orthogonal=True), steps=2, every=1)
+    assert sim.config["data_shape"] == [24, 3] and sim.config["orthogonal"] is True
 
 
 @pytest.mark.parametrize("call,field", [
@@ -145,7 +154,7 @@ def tiny_modular_sim(loss, steps=4, optimizer=None):
     p = 5
     model = models.mlp((2 * p, 16, p), "relu")
     return simulate.simulation(model, data.modular(p, "+", 0.5, seed=0), loss,
-                               optimizer or optim.adamw(lr=1e-2), steps=steps, every=2,
+                               optimizer or optim.adamw(lr=1e-2, orthogonal=True), steps=steps, every=2,
                                probes=("loss", "test_loss", "test_accuracy"))
 
 
@@ -159,3 +168,63 @@ def test_float64_loss_without_x64_fails_before_compiling():
     assert sim.compiled == {}                                  # raised while tracing, nothing compiled
     ds = sweep.sweep(sim, x64=True, progress=False)
     assert ds.loss.dtype == np.float64 and np.isfinite(ds.loss.values).all()
+
+
+# ----------------------------------------------------------------------------- ⊥Grad
+def orthogonal_reference(g, w):
+    g, w = np.asarray(g, np.float64).ravel(), np.asarray(w, np.float64).ravel()
+    perp = g - (w @ g) / (w @ w + 1e-30) * w
+    return perp * np.linalg.norm(g) / (np.linalg.norm(perp) + 1e-30)
+
+
+def test_orthogonal_grad_per_tensor_matches_numpy():
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3)), "b": np.zeros(3), "v": rng.normal(size=5)}
+    grads = {"w": rng.normal(size=(4, 3)) + 2 * params["w"], "b": rng.normal(size=3), "v": 3 * params["v"] + rng.normal(size=5)}
+    params, grads = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), (params, grads))
+    tx = optim.orthogonal_grad()
+    out, _ = tx.update(grads, tx.init(params), params)
+    for k in params:
+        got, w, g = np.asarray(out[k], np.float64).ravel(), np.asarray(params[k]).ravel(), np.asarray(grads[k]).ravel()
+        assert out[k].shape == params[k].shape
+        np.testing.assert_allclose(got, orthogonal_reference(g, w), rtol=1e-5, atol=1e-6)
+        assert abs(got @ w) < 1e-5 * np.linalg.norm(got) * max(np.linalg.norm(w), 1)   # orthogonal to its tensor
+        np.testing.assert_allclose(np.linalg.norm(got), np.linalg.norm(g), rtol=1e-6)  # at the gradient's norm
+    np.testing.assert_allclose(out["b"], grads["b"], rtol=1e-6)   # a zero tensor: nothing to remove
+    with pytest.raises(ValueError, match="params"):
+        tx.update(grads, tx.init(params))
+
+
+def test_orthogonal_adamw_is_adamw_of_the_projected_gradient():
+    rng = np.random.default_rng(1)
+    params = (jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), jnp.asarray(rng.normal(size=2), jnp.float32))
+    grads = jax.tree.map(lambda p: p * 0.5 + jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    perp = optim.orthogonal_grad().update(grads, optax.EmptyState(), params)[0]
+    ortho = optim.optimizer("adamw", lr=0.1, weight_decay=0.01, orthogonal=True)
+    plain = optim.adamw(lr=0.1, weight_decay=0.01)
+    assert ortho.orthogonal and not plain.orthogonal and ortho.name == "adamw"
+    s1, s2 = ortho.init(params, {"lr": 0.05}), plain.init(params, {"lr": 0.05})
+    for _ in range(2):
+        u1, s1 = ortho.tx.update(grads, s1, params)
+        u2, s2 = plain.tx.update(perp, s2, params)
+        for a, b in zip(u1, u2):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert float(optim.hyperparams(s1)["lr"]) == pytest.approx(0.05)
+    np.testing.assert_allclose(optim.preconditioner(s1)[1], optim.preconditioner(s2)[1], rtol=1e-6)
+    with pytest.raises(ConfigError, match="orthogonal"):
+        optim.gd(orthogonal="yes")
+    with pytest.raises(ConfigError, match="⊥Grad"):
+        optim.stability_threshold(optim.gd(orthogonal=True), {"lr": 0.1})
+
+
+def test_modular_run_with_stablemax_and_orthogonal_adamw_under_a_sweep():
+    sim = tiny_modular_sim("stablemax_cross_entropy", steps=6)
+    ds = sweep.sweep(sim, seeds=2, progress=False)
+    assert ds.test_accuracy.dims == ("seed", "step") and ds.test_accuracy.shape == (2, 4)
+    acc = ds.test_accuracy.values
+    assert ((acc >= 0) & (acc <= 1)).all() and np.allclose(acc * 13, np.round(acc * 13), atol=1e-5)  # k/13 test pairs
+    loss = ds.loss.values
+    assert np.isfinite(loss).all() and (loss[:, -1] < loss[:, 0]).all()      # it trains
+    assert not np.allclose(loss[0], loss[1])                                 # two seeds, two inits
+    assert not ds.diverged.values.any()
+    assert sweep.config_of(ds)["orthogonal"] is True and sweep.config_of(ds)["loss"] == "stablemax_cross_entropy"
