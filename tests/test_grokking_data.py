@@ -12,7 +12,7 @@ PYTHON_OPS = {"+": lambda a, b, p: (a + b) % p, "-": lambda a, b, p: (a - b) % p
               "*": lambda a, b, p: (a * b) % p, "/": lambda a, b, p: (a * pow(b, -1, p)) % p}
 
 
-def decode(d: data.Dataset, p: int, x, y):
+def decode(p: int, x, y):
     """(a, b, label) triples of one-hot inputs [n, 2p] and targets [n, p]."""
     x, y = np.asarray(x), np.asarray(y)
     return list(zip(x[:, :p].argmax(1).tolist(), x[:, p:].argmax(1).tolist(), y.argmax(1).tolist()))
@@ -21,7 +21,7 @@ def decode(d: data.Dataset, p: int, x, y):
 @pytest.mark.parametrize("op,p", [("+", 10), ("-", 10), ("*", 10), ("/", 11)])
 def test_modular_labels_every_pair_once_in_a_disjoint_split(op, p):
     d = data.modular(p, op, 0.3, seed=3)
-    train, test = decode(d, p, d.x, d.y), decode(d, p, d.x_test, d.y_test)
+    train, test = decode(p, d.x, d.y), decode(p, d.x_test, d.y_test)
     pairs = [(a, b) for a, b, _ in train + test]
     expected = [(a, b) for a in range(p) for b in range(1 if op == "/" else 0, p)]
     assert sorted(pairs) == expected                          # every pair exactly once, none twice
@@ -41,7 +41,8 @@ def test_modular_split_follows_the_data_seed_only():
     # the encodings share the split: tokens (a, b, =) with "=" the token p
     one_hot, tokens = data.modular(13, "add", 0.4, 5), data.modular(13, "+", 0.4, 5, encoding="tokens")
     assert tokens.x.shape == (67, 3) and tokens.x_test.shape == (169 - 67, 3)
-    np.testing.assert_array_equal(np.asarray(tokens.x)[:, :2], np.stack(decode(one_hot, 13, one_hot.x, one_hot.y))[:, :2])
+    pairs = np.stack(decode(13, one_hot.x, one_hot.y))[:, :2]
+    np.testing.assert_array_equal(np.asarray(tokens.x)[:, :2], pairs)
     np.testing.assert_array_equal(np.asarray(tokens.x)[:, 2], 13)
     np.testing.assert_array_equal(tokens.y, one_hot.y)
     np.testing.assert_array_equal(data.named("modular-add-13-0.4", seed=5).x, one_hot.x)
@@ -118,15 +119,16 @@ def test_stablemax_cross_entropy_matches_float64_numpy_even_for_huge_logits():
     x = rng.normal(size=(6, 5)) * np.array([[1.0], [10.0], [1e3], [1e6], [1e12], [1e30]])
     x[0, 0] = 0.0                                              # the kink of s, where both branches meet
     y = np.eye(5)[[0, 1, 2, 3, 4, 0]]
-    loss, grad = jax.jit(jax.value_and_grad(losses.stablemax_cross_entropy))(jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    value_and_grad = jax.jit(jax.value_and_grad(losses.stablemax_cross_entropy))
+    loss, grad = value_and_grad(jnp.asarray(x, jnp.float32), jnp.asarray(y))
     ref_loss, ref_grad = stablemax_reference(np.asarray(jnp.asarray(x, jnp.float32)), y)
     assert np.isfinite(float(loss)) and np.isfinite(np.asarray(grad)).all()
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(float(losses.stablemax_cross_entropy(jnp.zeros((3, 4)), jnp.eye(4)[:3])),
                                np.log(4), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(losses.stablemax(jnp.array([[1.0, 0.0, -1.0]]))), [[2 / 3.5, 1 / 3.5, 0.5 / 3.5]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(losses.stablemax(jnp.array([[1.0, 0.0, -1.0]]))),
+                               [[2 / 3.5, 1 / 3.5, 0.5 / 3.5]], rtol=1e-6)   # s = 2, 1, 1/2
     assert losses.loss_function("stablemax_cross_entropy") is losses.stablemax_cross_entropy
 
 
@@ -180,7 +182,8 @@ def orthogonal_reference(g, w):
 def test_orthogonal_grad_per_tensor_matches_numpy():
     rng = np.random.default_rng(0)
     params = {"w": rng.normal(size=(4, 3)), "b": np.zeros(3), "v": rng.normal(size=5)}
-    grads = {"w": rng.normal(size=(4, 3)) + 2 * params["w"], "b": rng.normal(size=3), "v": 3 * params["v"] + rng.normal(size=5)}
+    grads = {"w": rng.normal(size=(4, 3)) + 2 * params["w"], "b": rng.normal(size=3),
+             "v": 3 * params["v"] + rng.normal(size=5)}
     params, grads = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), (params, grads))
     tx = optim.orthogonal_grad()
     out, _ = tx.update(grads, tx.init(params), params)
