@@ -7,8 +7,18 @@ for classification) and optionally a test split `x_test`, `y_test`. Your own arr
 `Dataset(x, y)` with x of shape [n, features] (images [n, h, w, c]) and y of shape
 [n, d_out], e.g. `y[:, None]` for a scalar target and `one_hot(labels, classes)` for
 class labels; `check_dataset(dataset)` says what is wrong with one, naming the fix.
-`named("chebyshev-3-20" | "digits" | "path.npz", n_train)` picks one by name, as the
-experiments' configs do.
+`named("chebyshev-3-20" | "digits" | "modular-add-97-0.3" | "path.npz", n_train)` picks
+one by name, as the experiments' configs do.
+
+Grokking tasks, generated from a data seed that is an argument (so a config that names
+it names the data; every run of a sweep shares the data, and a sweep over data seeds is
+a static axis, `static={"data_seed": [0, 1]}` with a builder that passes it here):
+
+    modular      every pair (a, b) of Z_p^2 labelled (a op b) mod p, op in + - * /
+                 (Power et al. 2022; Prieto et al. 2025), a random training fraction
+    xor_clusters the XOR cluster data of Xu et al. 2023 (benign overfitting, grokking)
+    quadratic_index  y = (beta . x)^2 / 2 on Gaussian x (Kumar et al. 2023, lazy -> rich);
+                 its beta: quadratic_index_direction
 """
 from __future__ import annotations
 
@@ -19,7 +29,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from engine.errors import ConfigError, require
+from engine.errors import ConfigError, choose, require
 
 
 class Dataset(NamedTuple):
@@ -189,10 +199,187 @@ def from_npz(path, n: int | None = None, n_test: int | None = None, classes: int
     return _as_dataset(x, y, xt, yt)
 
 
-def named(name: str, n_train: int | None = None) -> Dataset:
+# ----------------------------------------------------------------------------- grokking tasks
+def _is_prime(p: int) -> bool:
+    return p >= 2 and all(p % k for k in range(2, int(p**0.5) + 1))
+
+
+def _divide(a, b, p):
+    """a / b mod p = a * b^-1 (b != 0, p prime): b^-1 = b^(p-2) by Fermat's little theorem."""
+    inverse = np.array([pow(int(k), p - 2, p) if k else 0 for k in range(p)], np.int64)
+    return a * inverse[b] % p
+
+
+# op -> (symbol, (a, b, p) -> label array); the words are the names `named` uses.
+MODULAR_OPS = {
+    "+": ("+", lambda a, b, p: (a + b) % p), "-": ("-", lambda a, b, p: (a - b) % p),
+    "*": ("*", lambda a, b, p: a * b % p), "/": ("/", _divide),
+}
+MODULAR_OPS.update({w: MODULAR_OPS[o] for w, o in (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))})
+
+
+class ModularTable(NamedTuple):
+    """Every example of a modular-arithmetic task and its split (numpy, [N] each):
+    a, b, label = (a op b) mod p, train (bool: in the training split); p, op (the symbol),
+    train_fraction, seed: what drew it. N = p^2, or p (p - 1) for "/" (b != 0)."""
+    a: np.ndarray
+    b: np.ndarray
+    label: np.ndarray
+    train: np.ndarray
+    p: int
+    op: str
+    train_fraction: float
+    seed: int
+
+
+def modular_table(p: int, op: str = "+", train_fraction: float = 0.3, seed: int = 0) -> ModularTable:
+    """The pairs (a, b) in Z_p^2 (b != 0 for "/") in lexicographic order, labelled
+    (a op b) mod p, and a split: floor(train_fraction * N) pairs, drawn by a permutation
+    from numpy's `default_rng(seed)`, train; the rest test. Division is multiplication
+    by the modular inverse, so it needs p prime. ConfigError for a bad p, op, fraction
+    or seed."""
+    require(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 2, "p", f"got {p!r}",
+            "use an integer modulus >= 2, e.g. 97 or 113")
+    symbol, label_of = choose(op, MODULAR_OPS, "op")
+    require(symbol != "/" or _is_prime(int(p)), "p", f"division needs a prime modulus, {p} is not prime "
+            "(some b have no inverse)", "use a prime such as 97 or 113, or another op")
+    require(isinstance(train_fraction, (int, float, np.floating)) and not isinstance(train_fraction, bool)
+            and 0 < train_fraction < 1, "train_fraction", f"got {train_fraction!r}",
+            "use a number in (0, 1), e.g. 0.3")
+    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0, "seed",
+            f"got {seed!r}", "use an integer data seed >= 0")
+    p = int(p)
+    a, b = (g.ravel() for g in np.meshgrid(np.arange(p), np.arange(1 if symbol == "/" else 0, p), indexing="ij"))
+    n_train = int(np.floor(train_fraction * a.size + 1e-9))  # floor, forgiving 0.29 * 100 = 28.999...
+    require(1 <= n_train < a.size, "train_fraction", f"{train_fraction} of {a.size} pairs is {n_train} "
+            "training pairs", f"use a fraction that keeps between 1 and {a.size - 1} pairs")
+    train = np.zeros(a.size, bool)
+    train[np.random.default_rng(int(seed)).permutation(a.size)[:n_train]] = True
+    return ModularTable(a, b, label_of(a, b, p), train, p, symbol, float(train_fraction), int(seed))
+
+
+def modular_inputs(a, b, p: int, encoding: str = "one_hot") -> np.ndarray:
+    """The inputs of pairs (a, b): "one_hot", the concatenated one-hots [n, 2p] (for an
+    MLP), or "tokens", the sequence (a, b, =) as token ids [n, 3] with "=" the token p
+    (vocabulary p + 1; for `engine.models.transformer(p + 1, 3, out_dim=p)`, which reads
+    the last position). Token ids are held as floats, exactly (the transformer casts)."""
+    require(encoding in ("one_hot", "tokens"), "encoding", f"unknown value {encoding!r}", "use one_hot or tokens")
+    a, b = np.asarray(a, int), np.asarray(b, int)
+    if encoding == "tokens":
+        return np.stack([a, b, np.full_like(a, p)], axis=1).astype(np.float32)
+    return np.concatenate([one_hot(a, p), one_hot(b, p)], axis=1)
+
+
+def modular(p: int = 97, op: str = "+", train_fraction: float = 0.3, seed: int = 0,
+            encoding: str = "one_hot") -> Dataset:
+    """Modular arithmetic (Power et al. 2022): the training split of `modular_table(p, op,
+    train_fraction, seed)` in x, y and the rest in x_test, y_test; inputs as
+    `modular_inputs(encoding)` ([n, 2p] one-hots or [n, 3] tokens), targets one-hot
+    [n, p] (for cross-entropy, or MSE on one-hot). The same arguments give the same
+    split; `seed` is the data seed, independent of the runs' seeds."""
+    t = modular_table(p, op, train_fraction, seed)
+    x, y = modular_inputs(t.a, t.b, t.p, encoding), one_hot(t.label, t.p)
+    return _as_dataset(x[t.train], y[t.train], x[~t.train], y[~t.train])
+
+
+def _check_count(field: str, v, lo: int = 1) -> None:
+    require(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo, field, f"got {v!r}",
+            f"use an integer >= {lo}")
+
+
+def xor_clusters(n: int = 200, d: int = 1000, mean_norm: float | None = None, label_noise: float = 0.1,
+                 n_test: int = 1000, seed: int = 0, noisy_test: bool = True) -> Dataset:
+    """XOR cluster data (Xu, Wang, Frei, Vardi & Hu 2023): each example picks one of four
+    cluster means +mu_1, -mu_1, +mu_2, -mu_2 uniformly, x = mean + xi with xi ~ N(0, I_d);
+    its clean class is 1 for +-mu_1 and 0 for +-mu_2 (class 1 iff the signs of x along
+    mu_1 + mu_2 and mu_1 - mu_2 agree: an XOR, not linearly separable), flipped with
+    probability `label_noise` (eta). mu_1 = ||mu|| e_1 and
+    mu_2 = ||mu|| e_2: orthogonal, of equal norm; any orthogonal pair is the same task up
+    to a rotation, which isotropic noise and a Gaussian initialization do not see.
+    x: [n, d]; y: one-hot [n, 2] (softmax cross-entropy on two logits is the logistic
+    loss of their difference); a test set of `n_test` examples, its labels flipped too
+    (`noisy_test`: then the best test accuracy is 1 - eta) or clean.
+
+    Defaults are CPU-sized, not the very high-dimensional regime the paper's theorems
+    assume (d large against n^2 ||mu||^2): n = 200, d = 1000, eta = 0.1 and
+    ||mu|| = d^0.3 (~7.9: ||mu||^2 = 2 sqrt(d), so a cluster stands out of the noise
+    along its mean while the noise, of norm sqrt(d) ~ 32, dominates x). Tune d, n and
+    mean_norm for the regime an experiment needs."""
+    _check_count("n", n)
+    _check_count("d", d, 2)
+    _check_count("n_test", n_test, 0)
+    _check_count("seed", seed, 0)
+    mean_norm = float(d) ** 0.3 if mean_norm is None else mean_norm
+    require(isinstance(mean_norm, (int, float, np.floating)) and mean_norm > 0, "mean_norm", f"got {mean_norm!r}",
+            "use a positive cluster-mean norm, or None for d**0.3")
+    require(isinstance(label_noise, (int, float, np.floating)) and 0 <= label_noise < 0.5, "label_noise",
+            f"got {label_noise!r}", "use a flip probability in [0, 0.5)")
+    rng = np.random.default_rng(int(seed))
+
+    def draw(m, flip):
+        cluster = rng.integers(0, 4, m)                  # 0: +mu_1, 1: -mu_1, 2: +mu_2, 3: -mu_2
+        x = rng.standard_normal((m, d))
+        x[np.arange(m), np.where(cluster < 2, 0, 1)] += np.where(cluster % 2 == 0, mean_norm, -mean_norm)
+        label = (cluster < 2).astype(int)
+        if flip:
+            label = np.where(rng.random(m) < label_noise, 1 - label, label)
+        return x, one_hot(label, 2)
+
+    x, y = draw(n, True)
+    xt, yt = draw(n_test, noisy_test) if n_test else (None, None)
+    return _as_dataset(x, y, xt, yt)
+
+
+def quadratic_index_direction(d: int = 100, seed: int = 0) -> np.ndarray:
+    """beta of `quadratic_index(d, ..., seed)`: [d], uniform on the unit sphere (a
+    normalized Gaussian from numpy's `default_rng([seed, 0])`), e.g. to measure how the
+    first-layer weights align with it."""
+    _check_count("d", d)
+    _check_count("seed", seed, 0)
+    beta = np.random.default_rng([int(seed), 0]).standard_normal(int(d))
+    return beta / np.linalg.norm(beta)
+
+
+def quadratic_index(d: int = 100, n: int = 550, n_test: int = 1000, seed: int = 0) -> Dataset:
+    """The polynomial regression of Kumar, Bordelon, Gershman & Pehlevan 2023 (grokking as
+    the transition from lazy to rich training): x ~ N(0, I_d), y = (beta . x)^2 / 2 with
+    beta a fixed unit vector drawn uniformly on the sphere from `seed`
+    (`quadratic_index_direction`), so beta . x ~ N(0, 1) and y has mean 1/2 whatever d;
+    d = 100 and n = 550 training points as in the paper, `n_test` test points (inputs
+    from `default_rng([seed, 1])`). x: [n, d], y: [n, 1]."""
+    _check_count("n", n)
+    _check_count("n_test", n_test, 0)
+    beta = quadratic_index_direction(d, seed)
+    rng = np.random.default_rng([int(seed), 1])
+    x, xt = rng.standard_normal((n, d)), rng.standard_normal((n_test, d))
+    target = lambda z: 0.5 * (z @ beta) ** 2
+    return _as_dataset(x, target(x), xt if n_test else None, target(xt) if n_test else None)
+
+
+def _modular_named(name: str, seed: int) -> Dataset:
+    """"modular-OP-P-FRACTION[-tokens]", OP in add, sub, mul, div."""
+    parts = name.split("-")
+    fix = "write modular-OP-P-FRACTION[-tokens], OP one of add, sub, mul, div, e.g. modular-add-97-0.3"
+    tokens = parts[-1] == "tokens"
+    parts = parts[:-1] if tokens else parts
+    require(len(parts) == 4 and parts[1] in ("add", "sub", "mul", "div") and parts[2].isdigit(), "data",
+            f"got {name!r}", fix)
+    try:
+        fraction = float(parts[3])
+    except ValueError:
+        raise ConfigError("data", f"got {name!r}", fix) from None
+    return modular(int(parts[2]), parts[1], fraction, seed, "tokens" if tokens else "one_hot")
+
+
+def named(name: str, n_train: int | None = None, seed: int = 0) -> Dataset:
     """A data set by name: "chebyshev-K-N" (`chebyshev(K, N)`), "digits" (the first
-    `n_train` train), or the path of the user's .npz (images flattened, each pixel
-    standardized by the training images' mean and std, the first `n_train` kept)."""
+    `n_train` train), "modular-OP-P-FRACTION" (`modular(P, OP, FRACTION, seed)`, OP one
+    of add, sub, mul, div; "-tokens" at the end for the transformer's token encoding;
+    n_train is ignored: the fraction is in the name), or the path of the user's .npz
+    (images flattened, each pixel standardized by the training images' mean and std,
+    the first `n_train` kept). `seed`: the data seed of generated splits (modular).
+    XOR clusters and the quadratic index task have continuous knobs (noise rate, mean
+    norm), so they are called as functions, not named."""
     require(isinstance(name, str), "data", f"got {name!r}", "use chebyshev-3-20, digits or a .npz path")
     if name.startswith("chebyshev-"):
         parts = name.split("-")
@@ -201,7 +388,10 @@ def named(name: str, n_train: int | None = None) -> Dataset:
         return chebyshev(int(parts[1]), int(parts[2]))
     if name == "digits":
         return digits(n_train)
+    if name.startswith("modular-"):
+        return _modular_named(name, seed)
     if name.endswith(".npz"):
         return from_npz(name, n=n_train, flatten=True, standardize=True)
     raise ConfigError("data", f"unknown data set {name!r}",
-                      "use chebyshev-K-N, digits, or the path of an .npz with x_train, y_train")
+                      "use chebyshev-K-N, digits, modular-OP-P-FRACTION, or the path of an .npz with x_train, "
+                      "y_train")

@@ -36,6 +36,14 @@ Weight decay, for every optimizer and traced like any hyperparameter:
                       (`engine.simulate`), so the gradient, the recorded `loss` and
                       every curvature probe's Hessian (H + c I) include it; `test_loss`
                       stays the data loss
+
+The ⊥Grad transform (Prieto et al. 2025), for every optimizer: `orthogonal=True`, e.g.
+`adamw(lr=1e-3, orthogonal=True)` is ⊥AdamW. Before the optimizer sees it, each
+parameter tensor's gradient loses its component along that tensor and is rescaled to
+its own norm (`orthogonal_grad`), so no step grows or shrinks a tensor along itself
+(the "naive loss minimization" direction that scales the logits). Weight decay is
+applied afterwards, unprojected (as the reference wraps torch's AdamW); a coupled `l2`
+gradient, parallel to each tensor, is projected out entirely.
 """
 from __future__ import annotations
 
@@ -55,12 +63,14 @@ NONNEGATIVE = Range(0)
 class Optimizer(NamedTuple):
     """name; defaults: {hyperparameter: value}, the schedule's included; ranges:
     {hyperparameter: `errors.Range`}; tx: `optax.inject_hyperparams(factory)(**defaults)`,
-    built once; schedule: the `engine.schedules.Schedule` of the learning rate, or None."""
+    built once; schedule: the `engine.schedules.Schedule` of the learning rate, or None;
+    orthogonal: whether the gradient passes through ⊥Grad (`orthogonal_grad`) first."""
     name: str
     defaults: dict
     ranges: dict
     tx: optax.GradientTransformation
     schedule: Schedule | None = None
+    orthogonal: bool = False
 
     def learning_rate(self, opt_state):
         """The rate of the next update: lr times the schedule's s(t), t the updates taken."""
@@ -116,12 +126,40 @@ def _scheduled(factory, schedule: Schedule):
     return _keyword_signature(build, [*inspect.signature(factory).parameters, *schedule.defaults])
 
 
+def orthogonal_grad(eps: float = 1e-30) -> optax.GradientTransformation:
+    """⊥Grad (Prieto et al. 2025, "Grokking at the Edge of Numerical Stability"): for each
+    parameter tensor w (a leaf of params, flattened) and its gradient g,
+        g_perp = g - (w . g / (w . w + eps)) w,     g <- g_perp ||g|| / (||g_perp|| + eps),
+    the part of g orthogonal to w at the norm of g, per tensor as the reference
+    `OrthoGrad` does (not over the whole parameter vector); eps = 1e-30 as there. A
+    stateless optax transformation that needs `params` in `update`."""
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("orthogonal_grad needs params: call update(updates, state, params)")
+
+        def project(g, w):
+            gf, wf = g.ravel(), w.ravel().astype(g.dtype)
+            perp = gf - jnp.dot(wf, gf) / (jnp.dot(wf, wf) + eps) * wf
+            return (perp * (jnp.linalg.norm(gf) / (jnp.linalg.norm(perp) + eps))).reshape(g.shape)
+        return jax.tree.map(project, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _orthogonal(factory):
+    """`factory` behind ⊥Grad: chain(orthogonal_grad(), factory(...))."""
+    def build(**hp):
+        return optax.chain(orthogonal_grad(), factory(**hp))
+    return _keyword_signature(build, list(inspect.signature(factory).parameters))
+
+
 def _make(name, factory, defaults, ranges):
-    """The constructor `name(schedule=None, **overrides) -> Optimizer` of the optax
-    `factory`, whose keyword arguments are the hyperparameters. `weight_decay=` adds
-    decoupled weight decay to an optimizer that has none of its own; `l2=` adds the
-    coupled L2 coefficient the simulation puts into the objective."""
-    def constructor(schedule: Schedule | None = None, **overrides):
+    """The constructor `name(schedule=None, orthogonal=False, **overrides) -> Optimizer`
+    of the optax `factory`, whose keyword arguments are the hyperparameters.
+    `weight_decay=` adds decoupled weight decay to an optimizer that has none of its
+    own; `l2=` adds the coupled L2 coefficient the simulation puts into the objective;
+    `orthogonal=True` puts ⊥Grad in front (`orthogonal_grad`)."""
+    def constructor(schedule: Schedule | None = None, orthogonal: bool = False, **overrides):
         build, own_defaults, own_ranges = factory, dict(defaults), dict(ranges)
         if "weight_decay" in overrides and "weight_decay" not in defaults:
             build, own_defaults["weight_decay"], own_ranges["weight_decay"] = _decayed(build), 0.0, NONNEGATIVE
@@ -136,15 +174,20 @@ def _make(name, factory, defaults, ranges):
                               "use one of engine.schedules (e.g. schedules.warmup(100)) or None")
         if schedule is not None:
             build, own_ranges = _scheduled(build, schedule), {**own_ranges, **schedule.ranges}
+        if not isinstance(orthogonal, bool):
+            raise ConfigError("orthogonal", f"got {orthogonal!r}", "use True (⊥Grad before the optimizer) or False")
+        if orthogonal:
+            build = _orthogonal(build)
         values = {**own_defaults, **overrides, **({} if schedule is None else schedule.defaults)}
-        opt = Optimizer(name, values, own_ranges, None, schedule)
+        opt = Optimizer(name, values, own_ranges, None, schedule, orthogonal)
         for k, v in values.items():
             opt.check(k, v)
         return opt._replace(tx=optax.inject_hyperparams(build)(**{k: float(v) for k, v in values.items()}))
     constructor.__name__ = name
     constructor.__doc__ = (f"The '{name}' optimizer; hyperparameters and defaults: {defaults}"
                            + ("" if "weight_decay" in defaults else "; weight_decay= adds decoupled weight decay")
-                           + "; l2= adds coupled L2 (l2/2 ||theta||^2 in the objective).")
+                           + "; l2= adds coupled L2 (l2/2 ||theta||^2 in the objective)"
+                           + "; orthogonal=True applies ⊥Grad to the gradient first.")
     return constructor
 
 
@@ -263,8 +306,13 @@ def stability_threshold(optimizer: Optimizer, hparams: dict):
                   lambda_max(H_hat) < 2/lr with H_hat = ((1 - b1)/(1 + b1)) P^-1 H
         rmsprop, adagrad  2 / lr  for lambda_max(P^-1 H)
     Under a schedule pass the rate in force (`learning_rate(state)`, recorded as
-    `scheduled_lr`): the threshold moves with it, 2 / eta_t for GD.
+    `scheduled_lr`): the threshold moves with it, 2 / eta_t for GD. Under ⊥Grad
+    (`orthogonal=True`) the step is not a (preconditioned) gradient step, so these
+    thresholds do not apply: a ConfigError.
     """
+    if optimizer.orthogonal:
+        raise ConfigError("optimizer", f"'{optimizer.name}' with ⊥Grad has no known stability threshold",
+                          "use the optimizer without orthogonal=True")
     h = {**optimizer.defaults, **hparams}
     lr = h["lr"]
     if optimizer.name == "gd":

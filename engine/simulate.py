@@ -307,8 +307,9 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                output_scale: float | None = None, scale_loss: bool = True, snapshots=None) -> Simulation:
     """Build the pure pieces of one training run (see the module docstring).
 
-    model: `engine.models.Model`; data: `engine.data.Dataset`; loss: "mse",
-    "cross_entropy" or `f(y_pred, y) -> scalar`; optimizer: `engine.optim.Optimizer`
+    model: `engine.models.Model`; data: `engine.data.Dataset`; loss: a name of
+    `engine.losses.LOSSES` ("mse", "cross_entropy", "stablemax_cross_entropy",
+    "cross_entropy_float64", ...) or `f(y_pred, y) -> scalar`; optimizer: `engine.optim.Optimizer`
     (default GD); init: `engine.init.Initializer` (default `scaled(model)`); probes:
     names or `engine.probes.Probe`s, measured as one `probes.chain` (a
     `probes.step_size(...)` among them sets each run's lr for the next `every` steps);
@@ -370,7 +371,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "model": model.name, "layer_shapes": model.layer_shapes or (),
         "n_params": int(sum(np.prod(l.shape) for l in jax.tree.leaves(params_shape))),
         "data_shape": list(data.x.shape), "loss": loss if isinstance(loss, str) else getattr(loss, "__name__", "custom"),
-        "optimizer": optimizer.name, "schedule": optimizer.schedule and optimizer.schedule.name,
+        "optimizer": optimizer.name, **({"orthogonal": True} if optimizer.orthogonal else {}),
+        "schedule": optimizer.schedule and optimizer.schedule.name,
         "init": init.name, "steps": steps, "every": every,
         "probes": [p.name for p in probe.members], "batch_size": batch_size,
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
