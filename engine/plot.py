@@ -84,7 +84,7 @@ def lines_grid(da, x: str, hue: str, panel: str, path, *, over: str | None = "se
 
 
 def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | None = "seed",
-           title: str = "") -> str:
+           title: str = "", logx: bool = False) -> str:
     """Stacked panels sharing the x axis, one line per value of `hue` in each (median
     over `over`, min-max band). Each row is a dict with `da` (DataArray), `ylabel`,
     optional `logy` and `refs` ({hue value: y or a DataArray over x}, drawn as dashed
@@ -107,7 +107,8 @@ def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | Non
                 ax.plot(ref[x].values, ref.values, "--", color=c, lw=1)
             elif ref is not None:
                 ax.axhline(ref, color=c, ls="--", lw=1)
-        ax.set(ylabel=row["ylabel"], yscale="log" if row.get("logy") else "linear")
+        ax.set(ylabel=row["ylabel"], yscale="log" if row.get("logy") else "linear",
+               xscale="log" if logx else "linear")
         if row.get("ylim"):
             ax.set_ylim(*row["ylim"])
         ax.grid(alpha=0.3, which="both")

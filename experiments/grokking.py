@@ -1,0 +1,135 @@
+"""Grokking: on modular arithmetic a network fits its training set long before it
+generalizes, and weight decay decides whether and when it does.
+
+Power, Burda, Edwards, Babuschkin & Misra 2022, "Grokking: generalization beyond
+overfitting on small algorithmic datasets"; Nanda, Chan, Lieberum, Smith & Steinhardt
+2023, "Progress measures for grokking via mechanistic interpretability". Every pair
+(a, b) of Z_p^2 is labelled (a + b) mod p; a random `train_fraction` of the pairs is the
+training set (drawn from `data_seed`, the same for every run, `engine.data.modular`),
+the rest the test set. Full-batch AdamW (betas 0.9 / 0.98) with a 10-step linear
+warmup minimizes the softmax cross-entropy; weight decay and seeds are traced (one
+program), each training fraction is a static axis (its own data, its own program).
+
+Measured per run: t_train, the first record step with training accuracy >= 99%;
+t_half and t_test, the first with test accuracy >= 50% and >= 95%; the weight norm
+||theta|| at its peak before t_half and at t_test. The claims, at the reference weight
+decay `claim_weight_decay` and the first training fraction (median over seeds):
+t_half >= 5 t_train (test accuracy stays below 50% until then), the test accuracy passes
+95% by the end, and the weight norm at t_test is below its peak (it falls through the
+transition). Across the grid: at the smallest weight decay grokking comes later or not
+at all (t_test larger, or never within the run).
+
+Quick preset (2-core CPU, about 2 minutes): a two-hidden-layer ReLU MLP (128 units) on the
+one-hot pairs, p = 31, half the pairs for training, lr 3e-3 (Nanda's 1e-3 with weight
+decay 1 did not grok within 6000 steps at this size: test accuracy 0.6%; our choice),
+weight decay 0.3, 1 and 3. Paper preset: Nanda et al.'s one-layer transformer (d_model
+128, 4 heads, MLP 512, ReLU, no LayerNorm) on the token sequences (a, b, =), p = 113, 30%
+for training, lr 1e-3, weight decay 1 (and 0.1, 0.3), 40000 steps.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import xarray as xr
+
+from engine import data, experiment, models, optim, plot, schedules, simulate, sweep
+from engine.errors import FRACTION, POSITIVE, Range, require
+
+NAME = "grokking"
+PRESETS = {
+    "quick": {"model": "mlp", "p": 31, "op": "+", "train_fractions": [0.5], "data_seed": 0, "width": 128,
+              "lr": 3e-3, "weight_decays": [0.3, 1.0, 3.0], "claim_weight_decay": 3.0, "warmup_steps": 10,
+              "seeds": 2, "steps": 6000, "every": 50},
+    "paper": {"model": "transformer", "p": 113, "op": "+", "train_fractions": [0.3], "data_seed": 0, "width": 128,
+              "lr": 1e-3, "weight_decays": [0.1, 0.3, 1.0], "claim_weight_decay": 1.0, "warmup_steps": 10,
+              "seeds": 4, "steps": 40000, "every": 200},
+}
+RANGES = {"p": Range(2, integer=True), "train_fractions": FRACTION, "data_seed": Range(0, integer=True),
+          "width": Range(1, integer=True), "lr": POSITIVE, "weight_decays": Range(0), "warmup_steps": Range(0)}
+PROBES = ("loss", "accuracy", "test_loss", "test_accuracy", "param_norm", "softmax_collapse")
+
+
+def network(config: dict) -> models.Model:
+    p, width = config["p"], config["width"]
+    if config["model"] == "mlp":
+        return models.mlp((2 * p, width, width, p), "relu")
+    require(config["model"] == "transformer", "model", f"got {config['model']!r}", "use 'mlp' or 'transformer'")
+    return models.transformer(vocab=p + 1, seq_len=3, out_dim=p, d_model=width, heads=4, mlp_ratio=4,
+                              layer_norm=False, activation="relu")
+
+
+def build(config: dict):
+    """train_fraction -> Simulation (a static axis: each fraction has its own data)."""
+    require(config["claim_weight_decay"] in config["weight_decays"], "claim_weight_decay",
+            f"{config['claim_weight_decay']} is not in weight_decays", "pick one of weight_decays")
+    model = network(config)
+    encoding = "one_hot" if config["model"] == "mlp" else "tokens"
+    opt = optim.adamw(lr=config["lr"], b1=0.9, b2=0.98, schedule=schedules.warmup(float(config["warmup_steps"])))
+
+    def at(train_fraction):
+        d = data.modular(config["p"], config["op"], train_fraction, config["data_seed"], encoding)
+        return simulate.simulation(model, d, "cross_entropy", opt, steps=config["steps"], every=config["every"],
+                                   probes=PROBES)
+    return at
+
+
+def run_sweep(config: dict, **options):
+    return sweep.sweep(build(config), grid={"weight_decay": [float(w) for w in config["weight_decays"]]},
+                       static={"train_fraction": config["train_fractions"]}, seeds=config["seeds"], **options)
+
+
+def first_step(da: xr.DataArray, level: float) -> xr.DataArray:
+    """The first record step at which `da` >= level (NaN if never): da's dims without step."""
+    above = (da >= level).values
+    steps = da.step.values.astype(float)
+    first = np.where(above.any(-1), steps[np.argmax(above, -1)], np.nan)
+    return xr.DataArray(first, coords={d: da[d] for d in da.dims[:-1]}, dims=da.dims[:-1])
+
+
+def milestones(ds) -> xr.Dataset:
+    """t_train, t_half, t_test; the peak weight norm before t_half and the norm at t_test."""
+    order = lambda da: da.transpose(..., "step")
+    t_train = first_step(order(ds.accuracy), 0.99)
+    t_half, t_test = (first_step(order(ds.test_accuracy), level) for level in (0.5, 0.95))
+    norm = order(ds.param_norm)
+    steps = xr.DataArray(ds.step.values, dims="step", coords={"step": ds.step})
+    peak = norm.where(steps < t_half.fillna(np.inf)).max("step")
+    at_test = norm.where(steps == t_test).max("step")
+    return xr.Dataset({"t_train": t_train, "t_half": t_half, "t_test": t_test, "peak_norm": peak,
+                       "norm_at_t_test": at_test, "final_test_accuracy": ds.test_accuracy.isel(step=-1)})
+
+
+def summarize(ds, config: dict) -> dict:
+    m = milestones(ds)
+    ref = m.sel(weight_decay=config["claim_weight_decay"]).isel(train_fraction=0)
+    med = {k: float(ref[k].median("seed")) for k in ref.data_vars}
+    small = m.sel(weight_decay=min(config["weight_decays"])).isel(train_fraction=0).t_test
+    table = {f"wd={w:g},f={f:g}": {k: [None if np.isnan(v) else round(float(v), 4) for v in
+                                       m[k].sel(weight_decay=w, train_fraction=f).values] for k in m.data_vars}
+             for w in m.weight_decay.values for f in m.train_fraction.values}
+    return {"per_run": table, "reference": {"weight_decay": config["claim_weight_decay"],
+                                             "train_fraction": float(ref.train_fraction), **med},
+            "claims": {
+                "training accuracy passes 99% (t_train) in every run at the reference weight decay":
+                    bool(np.all(np.isfinite(ref.t_train.values))),
+                "test accuracy stays below 50% until t_half >= 5 t_train (median)": bool(med["t_half"] >= 5 * med["t_train"]),
+                "then the test accuracy passes 95% (median)": bool(np.isfinite(med["t_test"])),
+                "the weight norm falls through the transition: ||theta|| at t_test < its peak (median)":
+                    bool(med["norm_at_t_test"] < med["peak_norm"]),
+                "at the smallest weight decay grokking comes later or never (median t_test)":
+                    bool(np.isnan(float(small.median())) or float(small.median()) > med["t_test"])}}
+
+
+def figures(ds, config: dict, out_dir) -> list[str]:
+    ds = ds.isel(train_fraction=0).sel(step=ds.step > 0)
+    title = (f"Grokking: {config['model']} on (a {config['op']} b) mod {config['p']}, AdamW lr {config['lr']:g}\n"
+             f"{float(ds.train_fraction):g} of the pairs for training; median over {ds.sizes['seed']} seeds")
+    rows = [{"da": ds.accuracy, "ylabel": "train accuracy"}, {"da": ds.test_accuracy, "ylabel": "test accuracy"},
+            {"da": ds.param_norm, "ylabel": "||theta||"},
+            {"da": ds.softmax_collapse, "ylabel": "softmax collapsed\n(fraction of train)"}]
+    return [plot.panels(f"{out_dir}/grokking.png", rows, hue="weight_decay", title=title, logx=True)]
+
+
+if __name__ == "__main__":
+    experiment.main(sys.modules[__name__])
