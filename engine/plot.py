@@ -24,6 +24,11 @@ def figure(rows: int, cols: int, size: tuple, **options):
     return plt.subplots(rows, cols, figsize=size, constrained_layout=True, **options)
 
 
+def _fmt(value) -> str:
+    """A coordinate value for a label: numbers as %g, names as they are."""
+    return f"{value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
+
+
 def draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None = None, colors=None,
                style: str = "o-") -> None:
     """One line per value of `hue`: the median over `over` with its min-max band."""
@@ -35,7 +40,7 @@ def draw_lines(ax, da, x: str, hue: str, over: str | None, notes: dict | None = 
             ax.fill_between(line[x].values, lo.values, hi.values, color=c, alpha=0.2, lw=0)
         else:
             mid = line
-        label = f"{hue} = {value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else f"{hue} = {value}"
+        label = f"{hue} = {_fmt(value)}"
         if notes and value in notes:
             label += f"  {notes[value]}"
         ax.plot(mid[x].values, mid.values, style, color=c, ms=3, label=label)
@@ -101,7 +106,7 @@ def panels(path, rows: list[dict], *, x: str = "step", hue: str, over: str | Non
                 ax.fill_between(line[x].values, line.min(over).values, line.max(over).values,
                                 color=c, alpha=0.2, lw=0)
                 line = line.median(over)
-            ax.plot(line[x].values, line.values, "-", color=c, lw=1.2, label=f"{hue} = {value:g}")
+            ax.plot(line[x].values, line.values, "-", color=c, lw=1.2, label=f"{hue} = {_fmt(value)}")
             ref = (row.get("refs") or {}).get(value)
             if ref is not None and hasattr(ref, "dims"):  # a threshold that moves, e.g. 2/eta_t
                 ax.plot(ref[x].values, ref.values, "--", color=c, lw=1)
