@@ -2,8 +2,8 @@
 "Experiments"):
 
     python -m experiments.<name> [--preset quick|paper] [--out DIR] [--seeds N]
-                                 [--set key=value ...] [--x64] [--no-progress]
-    python -m experiments.<name> --resume DIR
+                                 [--set key=value ...] [--x64] [--no-progress] [--distributed]
+    python -m experiments.<name> --resume DIR [--distributed]
 
 An experiment module defines
 - `NAME` and `PRESETS` ({"quick": {...}, "paper": {...}}: the full config as plain data);
@@ -24,6 +24,12 @@ config saved beside its checkpoint, and gives the results an uninterrupted run w
 have given. Every file is written atomically (`engine.checkpoint.replacing`), and a
 previous run's files in DIR are replaced only once the new results exist. `--x64`
 computes in float64 for the whole run (`engine.sweep.precision`), restored after it.
+
+`--distributed` first calls `jax.distributed.initialize()` (`engine.multihost.initialize`:
+SLURM, Open MPI and Cloud TPU set it up themselves), then the sweeps run over the devices
+of every process. Every process runs the same command; process 0 alone writes DIR's
+files (each process checkpoints into DIR/checkpoint/<sweep>/process-<p>), so DIR must be
+a folder every process sees for `--resume`; the others return the same summary.
 """
 from __future__ import annotations
 
@@ -109,14 +115,23 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
     import jax
     from engine import checkpoint, sweep
 
+    from engine import multihost
+
     check_ranges(config, getattr(module, "RANGES", {}))
+    lead = jax.process_index() == 0  # over several processes, the one that writes files
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_stale_temporaries(out, recursive=False)
     saved = out / "checkpoint"
-    if not resume:
-        shutil.rmtree(saved, ignore_errors=True)
+    if lead:
+        checkpoint.remove_stale_temporaries(out, recursive=False)
+        if not resume:
+            shutil.rmtree(saved, ignore_errors=True)
+    if jax.process_count() > 1:
+        if not resume:  # this process's own, should its disk not be shared
+            for mine in saved.glob(f"*/process-{jax.process_index()}"):
+                shutil.rmtree(mine, ignore_errors=True)
+        multihost.barrier("checkpoint folder ready")
     saved.mkdir(exist_ok=True)
     with sweep.precision(True if x64 else None):
         device = jax.devices()[0]
@@ -125,20 +140,28 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
                 "device_count": jax.device_count()}
         # While it runs, the config lives beside the checkpoint: a previous run's
         # config.json, results.nc and summary.json stay together until this one has results.
-        _write_json(saved / "config.json", meta)
+        if lead:
+            _write_json(saved / "config.json", meta)
         t0 = time.perf_counter()
         try:
             ds = module.run_sweep(config, progress=progress, checkpoint=saved)
         except ConfigError:
-            shutil.rmtree(saved, ignore_errors=True)
-            if created:  # a config that never ran leaves no output folder behind
-                out.rmdir()
+            if lead:
+                shutil.rmtree(saved, ignore_errors=True)
+                if created:  # a config that never ran leaves no output folder behind
+                    out.rmdir()
             raise
     elapsed = time.perf_counter() - t0
+    if not lead:  # process 0 writes the files; the checkpoint is kept until it has
+        multihost.barrier("results written")
+        return {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config),
+                "figures": [], "written_by": "process 0"}
     for stale in ("summary.json", "results.nc"):
         (out / stale).unlink(missing_ok=True)
     _write_json(out / "config.json", meta)
     sweep.save(ds, out / "results.nc")
+    if jax.process_count() > 1:
+        multihost.barrier("results written")
     shutil.rmtree(saved, ignore_errors=True)  # the results are safe: the checkpoint is spent
     ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file
     summary = {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config)}
@@ -165,8 +188,14 @@ def _resume(module, args) -> dict:
                           f"use python -m experiments.{saved.get('experiment')} --resume {out}")
     summary = run(module, saved["config"], out, progress=False if args.no_progress else None, resume=True,
                   x64=bool(saved.get("x64")))
-    print(json.dumps(summary, indent=2, default=_jsonable))
+    _print(summary)
     return summary
+
+
+def _print(summary: dict) -> None:
+    import jax
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2, default=_jsonable))
 
 
 def main(module, argv=None) -> dict:
@@ -182,7 +211,14 @@ def main(module, argv=None) -> dict:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the killed run in DIR with the config saved there")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first and sweep over the devices of every process "
+                        "(SLURM, Open MPI, Cloud TPU; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                        "JAX_PROCESS_ID)")
     args = p.parse_args(argv)
+    if args.distributed:
+        from engine import multihost
+        multihost.initialize()
     try:
         if args.resume is not None:
             return _resume(module, args)
@@ -198,5 +234,5 @@ def main(module, argv=None) -> dict:
                       progress=False if args.no_progress else None, x64=args.x64)
     except ConfigError as e:
         p.exit(2, f"error: {e}\n")
-    print(json.dumps(summary, indent=2, default=_jsonable))
+    _print(summary)
     return summary
