@@ -28,13 +28,17 @@ computes in float64 for the whole run (`engine.sweep.precision`), restored after
 `--distributed` first calls `jax.distributed.initialize()` (`engine.multihost.initialize`:
 SLURM, Open MPI and Cloud TPU set it up themselves), then the sweeps run over the devices
 of every process. Every process runs the same command; process 0 alone writes DIR's
-files (each process checkpoints into DIR/checkpoint/<sweep>/process-<p>), so DIR must be
-a folder every process sees for `--resume`; the others return the same summary.
+files (results.nc, config.json, summary.json, figures); each process checkpoints into
+DIR/checkpoint/<sweep>/process-<p>, and a process that does not see process 0's
+DIR/checkpoint/config.json writes its own, so `--resume DIR` works whether or not DIR is
+on a file system they share. The other
+processes return the same summary, without figures.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -113,12 +117,11 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
     import shutil
 
     import jax
-    from engine import checkpoint, sweep
-
-    from engine import multihost
+    from engine import checkpoint, multihost, sweep
 
     check_ranges(config, getattr(module, "RANGES", {}))
-    lead = jax.process_index() == 0  # over several processes, the one that writes files
+    lead = jax.process_index() == 0  # over several processes, the one that writes DIR's files
+    several = jax.process_count() > 1
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -127,10 +130,11 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
         checkpoint.remove_stale_temporaries(out, recursive=False)
         if not resume:
             shutil.rmtree(saved, ignore_errors=True)
-    if jax.process_count() > 1:
-        if not resume:  # this process's own, should its disk not be shared
+    if several:
+        if not resume and not lead:  # its own stale files, should its disk not be shared
             for mine in saved.glob(f"*/process-{jax.process_index()}"):
                 shutil.rmtree(mine, ignore_errors=True)
+            (saved / "config.json").unlink(missing_ok=True)
         multihost.barrier("checkpoint folder ready")
     saved.mkdir(exist_ok=True)
     with sweep.precision(True if x64 else None):
@@ -142,6 +146,10 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
         # config.json, results.nc and summary.json stay together until this one has results.
         if lead:
             _write_json(saved / "config.json", meta)
+        if several:  # a process that does not see process 0's copy keeps its own (for --resume)
+            multihost.barrier("config written")
+            if not (saved / "config.json").exists():
+                _write_json(saved / "config.json", meta)
         t0 = time.perf_counter()
         try:
             ds = module.run_sweep(config, progress=progress, checkpoint=saved)
@@ -149,19 +157,22 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
             if lead:
                 shutil.rmtree(saved, ignore_errors=True)
                 if created:  # a config that never ran leaves no output folder behind
-                    out.rmdir()
+                    with contextlib.suppress(OSError):
+                        out.rmdir()
             raise
     elapsed = time.perf_counter() - t0
-    if not lead:  # process 0 writes the files; the checkpoint is kept until it has
+    if lead:
+        for stale in ("summary.json", "results.nc"):
+            (out / stale).unlink(missing_ok=True)
+        _write_json(out / "config.json", meta)
+        sweep.save(ds, out / "results.nc")
+    if several:  # every checkpoint is kept until process 0 has written the results
         multihost.barrier("results written")
+        for mine in saved.glob(f"*/process-{jax.process_index()}"):
+            shutil.rmtree(mine, ignore_errors=True)
+    if not lead:  # the same Dataset as process 0's: the same numbers, no files
         return {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config),
-                "figures": [], "written_by": "process 0"}
-    for stale in ("summary.json", "results.nc"):
-        (out / stale).unlink(missing_ok=True)
-    _write_json(out / "config.json", meta)
-    sweep.save(ds, out / "results.nc")
-    if jax.process_count() > 1:
-        multihost.barrier("results written")
+                "figures": []}
     shutil.rmtree(saved, ignore_errors=True)  # the results are safe: the checkpoint is spent
     ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file
     summary = {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config)}

@@ -175,3 +175,31 @@ def test_a_killed_process_fails_the_other_and_a_rerun_resumes(tmp_path):
 def np_load(path):
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
+
+
+def test_experiment_command_line_with_distributed(tmp_path):
+    """`python -m experiments.<name> --distributed` on a bare machine (JAX reads
+    JAX_COORDINATOR_ADDRESS; JAX_NUM_PROCESSES and JAX_PROCESS_ID are passed on), 2
+    processes x 1 device: process 0 alone writes the contract's files and prints the
+    summary; the results equal a one-process run's."""
+    from engine import experiment
+    from experiments import frequency_principle as fp
+    out = tmp_path / "run"
+    argv = ["--distributed", "--out", str(out), "--seeds", "2", "--set", "steps=200", "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", ENGINE_CPU_DEVICES="1", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.frequency_principle", *argv], cwd=tmp_path,
+                              env={**env, "JAX_PROCESS_ID": str(p)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for p in range(2)]
+    (rc0, out0, err0), (rc1, out1, err1) = _finish(procs, timeout=150)
+    assert rc0 == 0 and rc1 == 0, (err0[-3000:], err1[-3000:])
+    assert '"experiment": "frequency_principle"' in out0 and '"experiment"' not in out1
+    assert {p.name for p in out.iterdir()} == {"results.nc", "config.json", "summary.json", "frequency_principle.png"}
+    ds = sweep.load(out / "results.nc")
+    assert ds.attrs["device"].endswith("x2 over 2 processes")
+    config = {**experiment.parse_set(["steps=200"], fp.PRESETS["quick"]), "seeds": 2}
+    experiment.run(fp, config, tmp_path / "one", progress=False)
+    one = sweep.load(tmp_path / "one" / "results.nc")
+    np.testing.assert_array_equal(ds.loss.values, one.loss.values)
+    xr.testing.assert_allclose(ds.drop_attrs(), one.drop_attrs(), rtol=1e-6)
