@@ -28,9 +28,11 @@ SCRIPT = textwrap.dedent("""
     pid, n, port, out, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], pathlib.Path(sys.argv[4]), sys.argv[5]
     import engine, jax
     # a dead peer fails the others' next collective at once; JAX's coordination service
-    # then ends them at exit after this many seconds without its heartbeat
+    # then ends them at exit after this many seconds without its heartbeat (shorter where
+    # a process is killed, longer where 4 processes share 2 busy cores)
+    beat = 5 if mode == "slow" else 15
     jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid, initialization_timeout=60,
-                               heartbeat_timeout_seconds=5, shutdown_timeout_seconds=5)
+                               heartbeat_timeout_seconds=beat, shutdown_timeout_seconds=beat)
     from engine import checkpoint, data, init, models, optim, simulate, sweep
     from engine.errors import ConfigError
     model = models.mlp((1, 32, 1), "relu")
