@@ -2,8 +2,8 @@
 "Experiments"):
 
     python -m experiments.<name> [--preset quick|paper] [--out DIR] [--seeds N]
-                                 [--set key=value ...] [--x64] [--no-progress]
-    python -m experiments.<name> --resume DIR
+                                 [--set key=value ...] [--x64] [--no-progress] [--distributed]
+    python -m experiments.<name> --resume DIR [--distributed]
 
 An experiment module defines
 - `NAME` and `PRESETS` ({"quick": {...}, "paper": {...}}: the full config as plain data);
@@ -24,11 +24,21 @@ config saved beside its checkpoint, and gives the results an uninterrupted run w
 have given. Every file is written atomically (`engine.checkpoint.replacing`), and a
 previous run's files in DIR are replaced only once the new results exist. `--x64`
 computes in float64 for the whole run (`engine.sweep.precision`), restored after it.
+
+`--distributed` first calls `jax.distributed.initialize()` (`engine.multihost.initialize`:
+SLURM, Open MPI and Cloud TPU set it up themselves), then the sweeps run over the devices
+of every process. Every process runs the same command; process 0 alone writes DIR's
+files (results.nc, config.json, summary.json, figures); each process checkpoints into
+DIR/checkpoint/<sweep>/process-<p>, and a process that does not see process 0's
+DIR/checkpoint/config.json writes its own, so `--resume DIR` works whether or not DIR is
+on a file system they share. The other
+processes return the same summary, without figures.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -107,16 +117,25 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
     import shutil
 
     import jax
-    from engine import checkpoint, sweep
+    from engine import checkpoint, multihost, sweep
 
     check_ranges(config, getattr(module, "RANGES", {}))
+    lead = jax.process_index() == 0  # over several processes, the one that writes DIR's files
+    several = jax.process_count() > 1
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_stale_temporaries(out, recursive=False)
     saved = out / "checkpoint"
-    if not resume:
-        shutil.rmtree(saved, ignore_errors=True)
+    if lead:
+        checkpoint.remove_stale_temporaries(out, recursive=False)
+        if not resume:
+            shutil.rmtree(saved, ignore_errors=True)
+    if several:
+        if not resume and not lead:  # its own stale files, should its disk not be shared
+            for mine in saved.glob(f"*/process-{jax.process_index()}"):
+                shutil.rmtree(mine, ignore_errors=True)
+            (saved / "config.json").unlink(missing_ok=True)
+        multihost.barrier("checkpoint folder ready")
     saved.mkdir(exist_ok=True)
     with sweep.precision(True if x64 else None):
         device = jax.devices()[0]
@@ -125,20 +144,35 @@ def run(module, config: dict, out_dir, progress: bool | None = None, resume: boo
                 "device_count": jax.device_count()}
         # While it runs, the config lives beside the checkpoint: a previous run's
         # config.json, results.nc and summary.json stay together until this one has results.
-        _write_json(saved / "config.json", meta)
+        if lead:
+            _write_json(saved / "config.json", meta)
+        if several:  # a process that does not see process 0's copy keeps its own (for --resume)
+            multihost.barrier("config written")
+            if not (saved / "config.json").exists():
+                _write_json(saved / "config.json", meta)
         t0 = time.perf_counter()
         try:
             ds = module.run_sweep(config, progress=progress, checkpoint=saved)
         except ConfigError:
-            shutil.rmtree(saved, ignore_errors=True)
-            if created:  # a config that never ran leaves no output folder behind
-                out.rmdir()
+            if lead:
+                shutil.rmtree(saved, ignore_errors=True)
+                if created:  # a config that never ran leaves no output folder behind
+                    with contextlib.suppress(OSError):
+                        out.rmdir()
             raise
     elapsed = time.perf_counter() - t0
-    for stale in ("summary.json", "results.nc"):
-        (out / stale).unlink(missing_ok=True)
-    _write_json(out / "config.json", meta)
-    sweep.save(ds, out / "results.nc")
+    if lead:
+        for stale in ("summary.json", "results.nc"):
+            (out / stale).unlink(missing_ok=True)
+        _write_json(out / "config.json", meta)
+        sweep.save(ds, out / "results.nc")
+    if several:  # every checkpoint is kept until process 0 has written the results
+        multihost.barrier("results written")
+        for mine in saved.glob(f"*/process-{jax.process_index()}"):
+            shutil.rmtree(mine, ignore_errors=True)
+    if not lead:  # the same Dataset as process 0's: the same numbers, no files
+        return {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config),
+                "figures": []}
     shutil.rmtree(saved, ignore_errors=True)  # the results are safe: the checkpoint is spent
     ds = sweep.load(out / "results.nc")  # figures and summary come from the saved file
     summary = {"experiment": module.NAME, "seconds": round(elapsed, 2), **module.summarize(ds, config)}
@@ -165,8 +199,14 @@ def _resume(module, args) -> dict:
                           f"use python -m experiments.{saved.get('experiment')} --resume {out}")
     summary = run(module, saved["config"], out, progress=False if args.no_progress else None, resume=True,
                   x64=bool(saved.get("x64")))
-    print(json.dumps(summary, indent=2, default=_jsonable))
+    _print(summary)
     return summary
+
+
+def _print(summary: dict) -> None:
+    import jax
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2, default=_jsonable))
 
 
 def main(module, argv=None) -> dict:
@@ -182,7 +222,14 @@ def main(module, argv=None) -> dict:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the killed run in DIR with the config saved there")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first and sweep over the devices of every process "
+                        "(SLURM, Open MPI, Cloud TPU; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                        "JAX_PROCESS_ID)")
     args = p.parse_args(argv)
+    if args.distributed:
+        from engine import multihost
+        multihost.initialize()
     try:
         if args.resume is not None:
             return _resume(module, args)
@@ -198,5 +245,5 @@ def main(module, argv=None) -> dict:
                       progress=False if args.no_progress else None, x64=args.x64)
     except ConfigError as e:
         p.exit(2, f"error: {e}\n")
-    print(json.dumps(summary, indent=2, default=_jsonable))
+    _print(summary)
     return summary

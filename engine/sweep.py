@@ -12,12 +12,17 @@ flattened to one run axis r = seed_index * n_grid + grid_index, which is
   "auto" picks per workload (`choose_strategy`);
 - chunked: at most `chunk` runs are in memory at once (picked from a memory estimate
   unless given); the last chunk is padded with copies, which are dropped;
-- sharded over the local devices (`jax.shard_map` on a 1-D mesh named "runs");
+- sharded over the devices (`jax.shard_map` on a 1-D mesh named "runs"): the local
+  ones, or, after `jax.distributed.initialize()` in every process, the devices of all
+  processes (`engine.multihost`: each process feeds and advances its own rows, the
+  records are gathered, every process returns the same Dataset; write it from process
+  0). Processes given different sweeps are refused by a fingerprint check;
 - advanced in segments of record intervals, one progress-bar tick per segment;
 - checkpointed after every segment when given `checkpoint=DIR` (into `DIR/<name>`,
-  so the sweeps of one experiment share a folder by name): a killed sweep rerun with
-  the same arguments resumes from its last segment and returns the same results bit
-  for bit;
+  so the sweeps of one experiment share a folder by name; over several processes each
+  has its own `DIR/<name>/process-<p>`, and a resume needs all of them): a killed sweep
+  rerun with the same arguments resumes from its last segment and returns the same
+  results bit for bit;
 - compiled once per simulation and shapes: the programs are kept on the `Simulation`,
   so a second identical sweep compiles nothing.
 
@@ -43,6 +48,7 @@ flags `diverged`, `diverged_step`, `converged`, `converged_step` with dims
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import inspect
 import itertools
@@ -59,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import checkpoint
+from engine import checkpoint, multihost
 from engine.errors import FINITE, ConfigError, require
 from engine.simulate import Simulation, final_values
 
@@ -239,7 +245,8 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
     static: {name: [values]} of axes that change shapes; chunk: runs in memory at once;
     memory_budget_mb: the budget `chunk` is chosen for; strategy: "auto", "vmap" or
     "map" (`map_batch` runs at a time); segment: record intervals per compiled call;
-    devices: the devices the run axis is sharded over (default all local ones);
+    devices: the devices the run axis is sharded over (default: all local ones, or with
+    several JAX processes `jax.devices()`, every process's);
     checkpoint: a folder; this sweep checkpoints into and resumes from its subfolder
     `name` (`engine.checkpoint`); name: what the sweep is called (its checkpoint folder,
     its progress bar); x64: compute in float64 (True) or float32 (False), or as JAX is
@@ -257,8 +264,7 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
             require(v is None or (isinstance(v, int) and v >= 1), field, f"got {v!r}", "use an integer >= 1")
         require(isinstance(name, str) and name.isidentifier(), "name", f"got {name!r}",
                 "use a short identifier such as 'sweep' or 'quadratic'")
-        devices = list(jax.local_devices() if devices is None else devices)
-        require(len(devices) >= 1, "devices", "no devices given", "omit devices= to use all local ones")
+        devices = _devices(devices)
         build = _builder(simulation, static)
         combos = [dict(zip(static, vals)) for vals in itertools.product(*static.values())]
         sims = [build(**c) for c in combos]  # builds shapes only: no compilation yet
@@ -268,13 +274,13 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
             for axis, values in grid.items():
                 for v in values:
                     sim.check_hparams({axis: v})
-        budget = memory_budget_bytes(devices) if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        budget = _budget(devices) if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         plans = [_plan(sim, len(seeds) * _size(grid), chunk, budget, devices, strategy, map_batch, segment)
                  for sim in sims]
-        folder = None if checkpoint is None else Path(checkpoint) / name
-        if folder is not None:
-            _claim(folder, sims, combos, grid, seeds, base_seed, plans, devices)
-        show = sys.stderr.isatty() if progress is None else progress
+        described = _description(sims, combos, grid, seeds, base_seed, plans, devices)
+        _agree(described, sims, devices)
+        folder = None if checkpoint is None else _claim(Path(checkpoint) / name, described, devices)
+        show = (sys.stderr.isatty() and jax.process_index() == 0) if progress is None else progress
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(p["n_chunks"] * p["n_segments"] for p in plans), disable=not show, desc=name,
                    unit="segment")
@@ -331,13 +337,104 @@ def _plan(sim, n_runs, chunk, budget, devices, strategy, map_batch, segment):
             "n_segments": sim.intervals // k, "bytes_per_run": need.run}
 
 
-def _claim(folder: Path, sims, combos, grid, seeds, base_seed, plans, devices) -> None:
-    """Take `folder` for this sweep, or check that the checkpoint there is of it."""
+def _devices(devices) -> list:
+    """The devices to shard over: all of them by default (`multihost.default_devices`);
+    devices of several processes ordered by process (`multihost.ordered`)."""
+    devices = list(multihost.default_devices() if devices is None else devices)
+    require(len(devices) >= 1, "devices", "no devices given", "omit devices= to use all of them")
+    if not multihost.spans_processes(devices):
+        return devices
+    missing = sorted(set(range(jax.process_count())) - {d.process_index for d in devices})
+    require(not missing, "devices", f"no devices of processes {missing}: a sweep over several processes needs "
+            "every process", "pass devices=jax.devices(), or omit devices=")
+    return multihost.ordered(devices)
+
+
+def _budget(devices) -> int:
+    """`memory_budget_bytes` of this process's devices; over several processes the
+    smallest of them (in MiB), so that every process plans the same chunks."""
+    mine = [d for d in devices if d.process_index == jax.process_index()]
+    budget = memory_budget_bytes(mine)
+    if not multihost.spans_processes(devices):
+        return budget
+    mib = multihost.exchange([min(budget >> 20, 2**31 - 1)], devices, "agreeing on the memory budget")
+    return int(mib.min()) << 20
+
+
+def _description(sims, combos, grid, seeds, base_seed, plans, devices) -> dict:
+    """What makes a sweep the same sweep (its checkpoint fingerprint)."""
     keys = ("chunk", "n_chunks", "segment", "n_segments", "strategy", "map_batch")
-    checkpoint.claim(folder, checkpoint.fingerprint({
-        "sims": [s.config for s in sims], "static": [repr(c) for c in combos], "grid": grid, "seeds": seeds,
-        "base_seed": base_seed, "plans": [{k: p[k] for k in keys} for p in plans], "devices": len(devices),
-        "x64": bool(jax.config.jax_enable_x64)}))
+    out = {"sims": [s.config for s in sims], "static": [repr(c) for c in combos], "grid": grid, "seeds": seeds,
+           "base_seed": base_seed, "plans": [{k: p[k] for k in keys} for p in plans], "devices": len(devices),
+           "x64": bool(jax.config.jax_enable_x64)}
+    if multihost.spans_processes(devices):  # which process holds which rows
+        out["processes"] = [d.process_index for d in devices]
+    return out
+
+
+def _agree(described: dict, sims, devices) -> None:
+    """Over several processes: ConfigError in every process unless all of them were
+    given the same sweep (grid, seeds, static values, options, simulations and their
+    data), compared by a fingerprint exchanged with JAX's collectives."""
+    if not multihost.spans_processes(devices):
+        return
+    data = [hashlib.sha256(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(s.data))).hexdigest()
+            for s in sims]
+    print_ = checkpoint.fingerprint({**described, "data": data})
+    got = multihost.exchange([ord(c) for c in print_], devices, "comparing the sweep's fingerprint")
+    differ = [p for p, row in enumerate(got) if (row != got[0]).any()]
+    require(not differ, "sweep", f"processes {differ} were given another sweep than process 0 (fingerprints "
+            f"{', '.join(bytes(r.astype(np.uint8)).decode() for r in got)}: the grid, seeds, static values, "
+            "options, simulation or data differ)", "start every process with the same script and arguments")
+
+
+def _claim(folder: Path, described: dict, devices) -> Path:
+    """Take `folder` for this sweep, or check that the checkpoint there is of it; over
+    several processes each takes `folder/process-<p>`, and a resume needs all of them.
+    Returns the folder this process checkpoints into."""
+    print_ = checkpoint.fingerprint(described)
+    if not multihost.spans_processes(devices):
+        require(not list(folder.glob("process-*/meta.json")), "checkpoint",
+                f"{folder} holds the checkpoint of a sweep over several processes",
+                "resume it with the same processes (jax.distributed.initialize), or delete that folder")
+        require(checkpoint.found(folder, print_) != checkpoint.OTHER, "checkpoint",
+                f"{folder} holds a checkpoint of a different sweep",
+                "resume with the same config, or delete that folder to start over")
+        checkpoint.claim(folder, print_)
+        return folder
+    mine = folder / f"process-{jax.process_index()}"
+    status = checkpoint.OTHER if (folder / "meta.json").exists() else checkpoint.found(mine, print_)
+    got = multihost.exchange([status], devices, "comparing checkpoints")[:, 0]
+    other = [p for p, st in enumerate(got) if st == checkpoint.OTHER]
+    require(not other, "checkpoint", f"{folder} holds a checkpoint of a different sweep (seen by processes {other})",
+            "resume with the same config and processes, or delete that folder to start over")
+    missing = [p for p, st in enumerate(got) if st == checkpoint.NONE]
+    require(not missing or len(missing) == len(got), "checkpoint",
+            f"processes {missing} find no checkpoint in {folder}/process-<p>, the others do: a resume needs the "
+            "checkpoint of every process", "give every process its checkpoint folder back, or delete all of "
+            f"{folder} to start over")
+    checkpoint.claim(mine, print_)
+    return mine
+
+
+def _resume_point(files: dict, devices, ci: int) -> tuple[bool, int]:
+    """(all done, first segment to run) of chunk `ci`, agreed by every process. Over
+    several processes a state is committed only once every process has written it
+    (`_run_all`), so their checkpoints are at most one segment apart and the one behind
+    holds the next state as "next": it is promoted, and all go on from the same segment."""
+    mine = checkpoint.progress(files)
+    table = multihost.exchange(mine, devices, "comparing checkpoint progress")
+    if table[:, 0].all():
+        return True, 0
+    target = max(0, int(table[:, 1].max()))
+    behind = [p for p, (_, s, n) in enumerate(table) if target and target not in (s, n)]
+    require(not behind, "checkpoint", f"the checkpoints of processes {behind} stop before segment {target} of "
+            f"chunk {ci}, which the others reached", "delete the checkpoint folder to start over")
+    if target and mine[1] != target:
+        os.replace(files["next"], files["state"])
+    else:
+        files["next"].unlink(missing_ok=True)  # never committed: it is computed again
+    return False, target
 
 
 def _run_table(grid, seeds, base_seed):
@@ -379,20 +476,30 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
     """Every chunk of runs, segment by segment, with the compiled programs of `sim`
     (compiled ahead of time on first use, so the compile and run times can be reported
     in `plan["seconds"]`). With `folder`, each segment's records and the state after it
-    are saved there, and what is saved is picked up again (`engine.checkpoint`)."""
+    are saved there, and what is saved is picked up again (`engine.checkpoint`).
+
+    Over devices of several processes (`engine.multihost`), the run table and the
+    shared arguments become global arrays of which each process feeds its own shards,
+    records and flags are gathered to every process, and each process checkpoints its
+    rows of the state: into "next", then, once every process has written its own (a
+    barrier), renamed to "state"."""
     keys, hp, n_runs = _run_table(grid, seeds, base_seed)
     dtype = jnp.result_type(float)
     chunk, k = plan["chunk"], plan["segment"]
     batching = (plan["strategy"], plan["map_batch"])
+    multi = multihost.spans_processes(devices)
+    replicated = lambda tree: multihost.put(tree, devices, jax.sharding.PartitionSpec())
     start_run = lambda run, data: sim.init(run[0], run[1], data)
     # the shared argument: the data and the index of the segment's first record
     advance = lambda state, shared: sim.advance(state, shared[0], k, shared[1])
+    data = replicated(sim.data)
     records, flags, t_compile, t0 = [], [], 0.0, time.perf_counter()
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     for ci, first_run in enumerate(range(0, n_runs, chunk)):
         files = None if folder is None else checkpoint.chunk_files(folder, ci)
-        if files and files["done"].exists():
+        finished, done = _resume_point(files, devices, ci) if files else (False, 0)
+        if finished:
             saved = checkpoint.load_arrays(files["done"])
             records.append({n[4:]: v for n, v in saved.items() if n.startswith("rec_")})
             flags.append({n[5:]: v for n, v in saved.items() if n.startswith("flag_")})
@@ -400,30 +507,36 @@ def _run_all(sim, grid, seeds, base_seed, plan, devices, bar, folder: Path | Non
             continue
         idx = np.minimum(np.arange(first_run, first_run + chunk), n_runs - 1)  # pad with copies
         keep = min(chunk, n_runs - first_run)
-        runs = (keys[idx], {name: jnp.asarray(v[idx], dtype) for name, v in hp.items()})
-        init, seconds = _program(sim, ("init", *batching), start_run, (runs, sim.data), devices)
-        state, rec0 = init(runs, sim.data)
-        segment, more = _program(sim, ("advance", *batching, k), advance, (state, (sim.data, jnp.int32(0))),
+        runs = multihost.put((keys[idx], {name: jnp.asarray(v[idx], dtype) for name, v in hp.items()}), devices)
+        init, seconds = _program(sim, ("init", *batching), start_run, (runs, data), devices)
+        state, rec0 = init(runs, data)
+        segment, more = _program(sim, ("advance", *batching, k), advance, (state, (data, replicated(jnp.int32(0)))),
                                  devices)
         t_compile += seconds + more
         plan["compiled_memory_mb"] = _footprint_mb(segment)
-        segs, done = [jax.tree.map(lambda x: np.asarray(x)[:keep, None], rec0)], 0
-        if files and files["state"].exists():
+        segs = [{n: v[:keep, None] for n, v in multihost.gather(rec0).items()}]
+        if done:
             state, extra = checkpoint.load_state(files["state"], state)
-            done = int(extra["segment"])
+            assert int(extra["segment"]) == done, (extra["segment"], done)
             segs += [checkpoint.load_arrays(files["seg"](j)) for j in range(done)]
             bar.update(done)
         for j in range(done, plan["n_segments"]):
-            state, rec = segment(state, (sim.data, jnp.int32(j * k)))
-            segs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], rec))
+            state, rec = segment(state, (data, replicated(jnp.int32(j * k))))
+            segs.append({n: v[:keep] for n, v in multihost.gather(rec).items()})
             if files:  # the segment's records first: a state file always has all of its
                 checkpoint.save_arrays(files["seg"](j), segs[-1])
-                checkpoint.save_state(files["state"], state, {"segment": np.int64(j + 1)})
+                checkpoint.save_state(files["next" if multi else "state"], state, {"segment": np.int64(j + 1)})
+                if multi:
+                    multihost.barrier(f"chunk {ci} segment {j} saved", devices)
+                    os.replace(files["next"], files["state"])
             bar.update(1)
         records.append({name: np.concatenate([s[name] for s in segs], axis=1) for name in rec0})
-        flags.append({f: np.asarray(v)[:keep] for f, v in final_values(state).items()})
+        flags.append({f: v[:keep] for f, v in multihost.gather(final_values(state)).items()})
         if files:
-            checkpoint.finish_chunk(files, plan["n_segments"], records[-1], flags[-1])
+            checkpoint.save_done(files, records[-1], flags[-1])
+            if multi:  # every process's "done" exists before any state is dropped
+                multihost.barrier(f"chunk {ci} done", devices)
+            checkpoint.drop_progress(files, plan["n_segments"])
     plan["seconds"] = {"compile": round(t_compile, 4),
                        "run": round(time.perf_counter() - t0 - t_compile, 4)}
     join = lambda parts: {n: np.concatenate([p[n] for p in parts], axis=0) for n in parts[0]}
@@ -470,7 +583,8 @@ def _attrs(sim, grid, seeds, static, plans, devices, base_seed, name) -> dict:
                          for k, vals in static.items()},
               "base_seed": base_seed, "plans": plans}
     return {"config": json.dumps(config, default=str), "versions": json.dumps(versions()),
-            "device": f"{devices[0].platform}:{devices[0].device_kind} x{len(devices)}",
+            "device": f"{devices[0].platform}:{devices[0].device_kind} x{len(devices)}" + (
+                f" over {len({d.process_index for d in devices})} processes" if multihost.spans_processes(devices) else ""),
             "device_kind": devices[0].device_kind, "x64": int(jax.config.jax_enable_x64),
             "matmul_precision": str(jax.config.jax_default_matmul_precision or "default")}
 
