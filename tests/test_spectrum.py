@@ -69,6 +69,18 @@ def test_gauss_quadrature_is_exact_for_polynomials_up_to_degree_2m_minus_1(x64):
         np.testing.assert_allclose(np.sum(tau * theta**j), exact, rtol=1e-8, err_msg=f"degree {j}")
 
 
+def test_an_exhausted_krylov_space_leaves_zero_weight_nodes_and_no_nan():
+    """A with 3 distinct eigenvalues, z spread over all three: 8 steps find them with
+    weight 1/3 each; the 5 decoupled nodes weigh 0 (float32, as a sweep runs)."""
+    d = jnp.repeat(jnp.array([1.0, 2.0, 3.0]), 10)
+    theta, tau = jax.jit(lambda z: curvature.gauss_quadrature(lambda u: d * u, z, 8))(jnp.ones(30) / np.sqrt(30))
+    assert np.all(np.isfinite(theta)) and np.all(np.isfinite(tau))
+    live = np.asarray(tau) > 1e-6
+    np.testing.assert_allclose(np.sort(np.asarray(theta)[live]), [1, 2, 3], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(tau)[live], 1 / 3, rtol=1e-5)
+    assert live.sum() == 3 and np.all(np.asarray(tau)[~live] == 0)
+
+
 def test_first_moment_is_the_trace_within_one_percent():
     """n sum_i w_i theta_i (mean over 16 starts) against tr H: deflation takes the two
     outliers (most of tr H) exactly, so only the bulk's Hutchinson error is left
