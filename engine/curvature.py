@@ -479,7 +479,7 @@ def spectral_quadrature(loss_fn: Callable, params, key, starts: int = 4, iters: 
 def spectral_density(nodes, weights, grid, sigma):
     """The density of eigenvalues on `grid` [g] from a quadrature's nodes and weights
     [..., starts, m], each node a Gaussian of width sigma (scalar, or [...]) (Lin, Saad &
-    Yang 2016, eq. 3.10; Ghorbani, Krishnan & Xiao 2019, eq. 6):
+    Yang 2016; Ghorbani, Krishnan & Xiao 2019):
     phi(t) = mean_s sum_i w[s, i] exp(-(t - theta[s, i])^2 / (2 sigma^2)) / (sigma sqrt(2 pi)).
     [..., g]; it integrates to sum w = 1 when the grid covers the nodes +- 5 sigma.
     Works on numpy arrays too (e.g. a saved sweep's spectrum_nodes)."""

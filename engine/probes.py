@@ -514,7 +514,8 @@ def spectral_density(starts: int = 4, iters: int = 30, grid=201, sigma: float | 
     `iters` Lanczos steps on the rest; starts * iters + deflate_iters products in all.
     deflate=0 is plain SLQ. Every solve is cold: warm-starting the deflation from the
     previous eigenvectors (16 products, thick restart from 4 vectors) left the second
-    outlier 0.5% low where a cold solve of 30 is exact to 1e-6 (tests/test_spectrum.py).
+    outlier 0.5% low where a cold solve of 30 is exact to 1e-6 (float64, the 1-16-16-1
+    sweep of tests/test_spectrum.py).
 
     Records, n the number of parameters:
       spectrum_nodes, spectrum_weights  [spectrum_start, spectrum_node]: the quadrature
@@ -551,7 +552,7 @@ def spectral_density(starts: int = 4, iters: int = 30, grid=201, sigma: float | 
         q = curvature.spectral_quadrature(_loss_on(snap, examples), snap.params, _key(snap, "spectral_density"),
                                           starts, iters, deflate, deflate_iters, mode=mode)
         radius = jnp.max(jnp.abs(q.nodes))
-        nodes = q.nodes / radius if relative else q.nodes
+        nodes = q.nodes / jnp.where(radius > 0, radius, 1.0) if relative else q.nodes  # H = 0: all at 0
         density = curvature.spectral_density(nodes, q.weights, jnp.asarray(points, q.nodes.dtype), width)
         return {"spectral_density": density, "spectrum_nodes": q.nodes, "spectrum_weights": q.weights,
                 "spectrum_radius": radius}, state
