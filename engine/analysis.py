@@ -265,3 +265,28 @@ def first_time(hit: xr.DataArray, dim: str = "step") -> xr.DataArray:
 def at_first(da: xr.DataArray, hit: xr.DataArray, dim: str = "step") -> xr.DataArray:
     """`da` at the first `dim` where `hit` is True (NaN where it never is)."""
     return da.broadcast_like(hit).isel({dim: hit.argmax(dim)}).drop_vars(dim).where(hit.any(dim))
+
+
+def spectral_density(ds: xr.Dataset, grid, sigma: float | None = None, chunk: int = 512) -> xr.DataArray:
+    """The eigenvalue density on `grid` (eigenvalues [g], dim `eigenvalue`) from the
+    quadrature a `spectral_density` probe recorded (`spectrum_nodes`, `spectrum_weights`
+    [..., spectrum_start, spectrum_node]): mean_s sum_i w[s, i] N(t; theta[s, i], sigma^2)
+    (Lin, Saad & Yang 2016), for every run and step at once; NaN where the probe did not
+    measure. sigma: the Gaussian width in eigenvalues, None for two grid spacings.
+    [..., eigenvalue]; `chunk` records at a time bound the memory."""
+    t = np.asarray(grid, dtype=float)
+    sigma = 2 * (t[-1] - t[0]) / (len(t) - 1) if sigma is None else float(sigma)
+
+    def density(nodes, weights):
+        lead, flat = nodes.shape[:-2], nodes.reshape(-1, *nodes.shape[-2:])
+        w, out = weights.reshape(flat.shape), np.empty((flat.shape[0], len(t)))
+        for i in range(0, flat.shape[0], chunk):
+            z = (t - flat[i:i + chunk, ..., None]) / sigma
+            bumps = np.exp(-0.5 * z * z) / (sigma * np.sqrt(2 * np.pi))
+            out[i:i + chunk] = np.mean(np.sum(w[i:i + chunk, ..., None] * bumps, axis=-2), axis=-2)
+        return out.reshape(*lead, len(t))
+
+    core = ["spectrum_start", "spectrum_node"]
+    da = xr.apply_ufunc(density, ds.spectrum_nodes, ds.spectrum_weights, input_core_dims=[core, core],
+                        output_core_dims=[["eigenvalue"]])
+    return da.assign_coords(eigenvalue=t).rename("spectral_density")

@@ -15,6 +15,9 @@ parameter vector theta: [n].
     spectral_norm              ||H||_2 = max |lambda(H)| by power iteration (for step sizes)
     hessian_spread             top eigenpair of mean_b (H_b - H)^2 over minibatches b
                                (the non-uniformity of Wu, Ma & E 2018)
+    spectral_quadrature        the eigenvalue density by (deflated) stochastic Lanczos
+                               quadrature (Lin, Saad & Yang 2016; Ghorbani et al. 2019);
+                               spectral_density: its Gaussian-smoothed density on a grid
 """
 from __future__ import annotations
 
@@ -357,3 +360,130 @@ def hutchinson_trace(loss_fn: Callable, params, key, samples: int = 16) -> tuple
     z = jax.random.rademacher(key, (samples, flat.shape[0]), flat.dtype)
     quad = jax.vmap(lambda zi: jnp.dot(zi, ravel_pytree(hvp(loss_fn, params, unravel(zi)))[0]))(z)
     return quad.mean(), quad.std(ddof=1) / jnp.sqrt(samples)
+
+
+# ----------------------------------------------------------------------------- spectral density
+class Quadrature(NamedTuple):
+    """The spectral measure of H by stochastic Lanczos quadrature (`spectral_quadrature`).
+
+    nodes, weights: [starts, k + iters]; each row is one random start's quadrature and
+    sums to 1, so mean_s sum_i weights[s, i] f(nodes[s, i]) ~ (1/n) tr f(H) = (1/n)
+    sum_j f(lambda_j). The first k columns are the deflated top eigenpairs, the same in
+    every row (Ritz values, weight 1/n each); the other `iters` are the row's Gauss nodes
+    of the complement. top: those k eigenpairs (`Eigen`: their vectors warm-start the next
+    solve, `init`; their residuals), None without deflation."""
+    nodes: jax.Array
+    weights: jax.Array
+    top: Eigen | None = None
+
+
+def gauss_quadrature(matvec, z, iters: int):
+    """The `iters`-point Gauss quadrature of the spectral measure of a unit vector z [n],
+    mu_z = sum_j (v_j^T z)^2 delta(lambda_j) (Golub & Meurant 1994; Lin, Saad & Yang
+    2016): Lanczos from z with full reorthogonalization gives the tridiagonal
+    T = Q A Q^T [iters, iters] (alpha_j = q_j^T A q_j, beta_j = q_{j+1}^T A q_j);
+    T = S diag(theta) S^T gives nodes theta [iters] and weights tau = S[0, :]^2 [iters],
+    sum tau = 1, exact for polynomials of degree <= 2 iters - 1
+    (sum_i tau_i theta_i = z^T A z). If the Krylov space runs out early, the rest of T
+    decouples (beta = 0) and its nodes get weight 0. Gram-Schmidt runs against all of Q
+    unmasked (its unfilled rows are 0), not through the masked `_orthogonalize`: 2x
+    faster in a vmapped sweep (8 runs x 4 starts x 30 steps on 321 parameters, 2-core
+    CPU: 8.2 against 18.3 ms; matfree's tridiag_sym: 9.7 ms)."""
+    n = z.shape[0]
+    Q = jnp.zeros((iters + 1, n), z.dtype).at[0].set(z)
+
+    def step(j, carry):  # classical Gram-Schmidt, twice
+        Q, alpha, beta = carry
+        Aq = matvec(Q[j])
+        h = Q @ Aq
+        r = Aq - h @ Q
+        r = r - (Q @ r) @ Q
+        b = jnp.linalg.norm(r)
+        b = jnp.where(b > 1e-10 * jnp.linalg.norm(Aq), b, 0.0)  # 0: the Krylov space is exhausted
+        return Q.at[j + 1].set(r / jnp.where(b > 0, b, 1.0) * (b > 0)), alpha.at[j].set(h[j]), beta.at[j].set(b)
+
+    zeros = jnp.zeros((iters,), z.dtype)
+    _, alpha, beta = jax.lax.fori_loop(0, iters, step, (Q, zeros, zeros))
+    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    theta, S = _eigh(T)
+    return theta, jnp.square(S[0])
+
+
+def _complement(matvec, V):
+    """u -> P A P u with P = I - V^T V, the projector off the rows of V [k, n]."""
+    project = lambda u: u - (V @ u) @ V
+    return lambda u: project(matvec(project(u)))
+
+
+def stochastic_lanczos_quadrature(matvec, n: int, key, starts: int, iters: int, top: Eigen | None = None,
+                                  dtype=jnp.float32) -> Quadrature:
+    """Stochastic Lanczos quadrature (Lin, Saad & Yang 2016; Ghorbani, Krishnan & Xiao
+    2019) of a symmetric operator A on [n]: `starts` Rademacher vectors, each the start of
+    an `iters`-point Gauss quadrature (`gauss_quadrature`), vmapped over the starts.
+
+    Deflated (top: k eigenpairs with unit, orthogonal rows `vectors` [k, n]): the k
+    values enter as point masses of weight 1/n, and the quadrature runs on
+    P A P (P = I - V^T V) from the starts projected off V, its weights scaled by (n - k)/n.
+    As tr A = sum_j v_j^T A v_j + tr(P A P) for any orthonormal V, the first moment
+    n sum_i w_i theta_i is an unbiased estimate of tr A whether or not V has converged,
+    with the outliers' variance gone; converged V puts each outlier's mass exactly at
+    its eigenvalue, where plain SLQ weighs it (v^T z)^2 ~ chi^2_1 / n."""
+    k = 0 if top is None else top.values.shape[0]
+    z = jax.random.rademacher(key, (starts, n), dtype)
+    if k:
+        V = top.vectors.astype(dtype)
+        matvec = _complement(matvec, V)
+        z = z - (z @ V.T) @ V
+    z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+    nodes, weights = jax.vmap(lambda zi: gauss_quadrature(matvec, zi, iters))(z)
+    if k:
+        nodes = jnp.concatenate([jnp.broadcast_to(top.values.astype(dtype), (starts, k)), nodes], axis=1)
+        weights = jnp.concatenate([jnp.full((starts, k), 1 / n, dtype), (n - k) / n * weights], axis=1)
+    return Quadrature(nodes, weights, top)
+
+
+def check_quadrature(starts: int, iters: int, deflate: int, prefix: str = "") -> None:
+    """ConfigError, before anything is traced, unless starts >= 1, iters >= 1, deflate >= 0."""
+    for name, v, least in (("starts", starts, 1), ("iters", iters, 1), ("deflate", deflate, 0)):
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= least, f"{prefix}{name}", f"got {v!r}",
+                f"use an integer >= {least}")
+
+
+def spectral_quadrature(loss_fn: Callable, params, key, starts: int = 4, iters: int = 30, deflate: int = 8,
+                        deflate_iters: int = 30, init=None, mode: str = "forward_over_reverse") -> Quadrature:
+    """The Hessian's spectral measure (1/n) sum_j delta(lambda_j) as a `Quadrature`
+    ([starts, deflate + iters] nodes and weights): the top `deflate` eigenpairs by
+    Lanczos (`top_eigenvalues`, `deflate_iters` products, warm-started from `init`
+    [deflate, n]) deflated exactly, then stochastic Lanczos quadrature of the rest
+    (`stochastic_lanczos_quadrature`, starts * iters products). deflate=0 is plain SLQ.
+
+    Deflation is the default because a few outliers carry the physics (sharpness, the
+    edge of stability) and plain SLQ weighs each of them (v^T z)^2 ~ chi^2_1 / n per
+    start. Measured over 40 keys at 4 starts of 30 nodes (tests/test_spectrum.py): n
+    times the mass above lambda_max / 2 (dense counts 2 and 4) is exact deflated, off by
+    >= 1 eigenvalue in 25% and 30% of the keys plain; where two outliers hold 94% of
+    tr H, the first moment's error has std 0.4% deflated against 46% plain. Where the
+    bulk holds most of tr H the first moment is as noisy as Hutchinson's estimate with
+    `starts` vectors (6% at 4 starts on a 310-parameter digits classifier)."""
+    check_quadrature(starts, iters, deflate)
+    matvec, n, _ = flat_operator(loss_fn, params, mode=mode)
+    require(deflate + iters <= n, "iters", f"deflate + iters = {deflate + iters} exceeds the {n} parameters",
+            f"use deflate + iters <= {n}")
+    dtype = ravel_pytree(params)[0].dtype
+    k_top, k_slq = jax.random.split(key)
+    top = top_eigenvalues(loss_fn, params, k_top, deflate, max(deflate_iters, deflate), init=init,
+                          mode=mode) if deflate else None
+    return stochastic_lanczos_quadrature(matvec, n, k_slq, starts, iters, top, dtype)
+
+
+def spectral_density(nodes, weights, grid, sigma):
+    """The density of eigenvalues on `grid` [g] from a quadrature's nodes and weights
+    [..., starts, m], each node a Gaussian of width sigma (scalar, or [...]) (Lin, Saad &
+    Yang 2016; Ghorbani, Krishnan & Xiao 2019):
+    phi(t) = mean_s sum_i w[s, i] exp(-(t - theta[s, i])^2 / (2 sigma^2)) / (sigma sqrt(2 pi)).
+    [..., g]; it integrates to sum w = 1 when the grid covers the nodes +- 5 sigma.
+    Works on numpy arrays too (e.g. a saved sweep's spectrum_nodes)."""
+    sigma = jnp.asarray(sigma)[..., None, None, None]
+    t = (jnp.asarray(grid) - jnp.asarray(nodes)[..., None]) / sigma
+    bumps = jnp.exp(-0.5 * t * t) / (sigma * jnp.sqrt(2 * jnp.pi))
+    return jnp.mean(jnp.sum(jnp.asarray(weights)[..., None] * bumps, axis=-2), axis=-2)
