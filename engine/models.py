@@ -67,6 +67,7 @@ ACTIVATIONS: dict[str, Callable] = {
     "gelu": jax.nn.gelu,
     "silu": jax.nn.silu,
     "linear": lambda x: x,
+    "quadratic": jnp.square,  # Kumar et al. 2023's lazy-to-rich grokking networks
     # The multiplicity family of Zhou et al. 2021 / Chen et al. 2023: multiplicity p
     # means phi^(s)(0) = 0 for s < p; tanh has p = 1, x*tanh p = 2, x^2*tanh p = 3.
     "xtanh": _xtanh,

@@ -12,7 +12,7 @@ def test_every_activation_runs_and_matches_its_formula(name):
     y = models.activation_function(name)(x)
     expected = {"relu": np.maximum(x, 0), "tanh": np.tanh(x), "linear": x,
                 "sigmoid": 1 / (1 + np.exp(-x)), "softplus": np.log1p(np.exp(x)),
-                "xtanh": x * np.tanh(x), "x2tanh": x**2 * np.tanh(x)}
+                "xtanh": x * np.tanh(x), "x2tanh": x**2 * np.tanh(x), "quadratic": x**2}
     if name in expected:
         np.testing.assert_allclose(y, expected[name], rtol=1e-5, atol=1e-6)
     assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))
