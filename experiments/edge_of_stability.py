@@ -10,8 +10,9 @@ decreasing over long times, non-monotonically.
 
 Sharpness is computed every `every` steps inside the compiled training loop by Lanczos
 (20 Hessian-vector products from a random start, then 10 warm-started from the
-previous top eigenvector), on the first `sharpness_examples` training examples (all if
-None); its residual ||Hv - lambda v|| / lambda is recorded with it.
+previous top eigenvector, each solve on until its residual ||Hv - lambda v|| / lambda
+is below 1e-3, at most 3x that), on the first `sharpness_examples` training examples
+(all if None); the residual and the products spent are recorded with it.
 
 Quick preset: a 1-50-50-1 tanh network on chebyshev-3-20 (20 points on [-1, 1], target
 the Chebyshev polynomial T_3, one of the paper's small data sets), eta in {0.05, 0.1}:

@@ -96,6 +96,10 @@ CASES = {
     "sharpness with more eigenvalues than iterations": ("probes.iters", lambda: two_layer(
         probes=(probes.sharpness(k=5, iters=3),))),
     "unknown eigen-solver": ("probes.method", lambda: probes.sharpness(method="arpack")),
+    "a cap on products below the budget": ("probes.max_iters", lambda: probes.sharpness(iters=20, max_iters=10)),
+    "a warm cap below the warm budget": ("probes.max_warm_iters", lambda: probes.hessian_extremes(
+        warm_iters=10, max_warm_iters=5)),
+    "power iteration with the default tolerance": ("probes.tol", lambda: probes.sharpness(method="power")),
     "stability threshold of lion": ("optimizer", lambda: optim.stability_threshold(optim.lion(), {})),
     # what a new user tripped over: each gets its own line, not "outputs 1 values but the targets have 20"
     "1-D inputs": ("data.x", lambda: simulate.simulation(

@@ -1,8 +1,9 @@
 import json
 
 import numpy as np
+import xarray as xr
 
-from engine import analysis, data, experiment, sweep
+from engine import analysis, data, experiment, probes, sweep
 from experiments import edge_of_stability as eos
 
 
@@ -22,6 +23,9 @@ def test_gd_sharpens_to_two_over_eta_and_hovers_there(tmp_path):
     assert all(saved["claims"].values()), saved["claims"]
     ds = sweep.load(tmp_path / "results.nc")
     assert ds.sharpness.dims == ("seed", "lr", "step")
+    # every solve ran to the residual tolerance, unless it hit its cap (issue 14, item 6)
+    cap = xr.where(ds.step == 0, probes.CAP * 20, probes.CAP * 10)  # the preset's sharpness(iters=20, warm_iters=10)
+    assert bool(((ds.eigen_residual <= probes.TOL) | (ds.eigen_products == cap)).all())
     # the sharpness never settles far above 2/eta: GD would diverge there
     late = analysis.late_phase(ds, config["late"]).sharpness / (2 / ds.lr)
     assert float(late.max()) < 1.3 and np.isfinite(late).all()
