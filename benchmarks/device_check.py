@@ -39,6 +39,7 @@ speedup}], goals: [{what, value, op, target, met}]}.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import time
@@ -69,7 +70,7 @@ def device_info() -> dict:
     stats = d.memory_stats() if d.platform != "cpu" else None
     return {"platform": d.platform, "device_kind": d.device_kind, "count": jax.device_count(),
             "memory_bytes": (stats or {}).get("bytes_limit"), "jax": jax.__version__,
-            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__}
+            "jaxlib": importlib.metadata.version("jaxlib")}
 
 
 def matmul_precision(n: int) -> tuple[dict, dict]:
