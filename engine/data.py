@@ -27,16 +27,23 @@ from importlib import resources
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import ConfigError, choose, require
 
 
 class Dataset(NamedTuple):
+    """x: [n, ...] inputs; y: [n, d_out] float targets; x_test, y_test: a test split
+    (or None); rank: [n] int32, each example's place in a random order fixed by a data
+    seed (or None), for a split that is a hyperparameter of the run: with
+    `simulation(train_fraction=f)` the examples of rank < floor(f n) train and the rest
+    are the test set, per run (`ranked`; a ranked data set has no x_test)."""
     x: jax.Array
     y: jax.Array
     x_test: jax.Array | None = None
     y_test: jax.Array | None = None
+    rank: jax.Array | None = None
 
     @property
     def n(self) -> int:
@@ -68,6 +75,11 @@ def check_dataset(data: Dataset) -> None:
         require(np.shape(data.x_test)[1:] == np.shape(data.x)[1:], "data.x_test",
                 f"has examples of shape {np.shape(data.x_test)[1:]}, x of {np.shape(data.x)[1:]}",
                 "give test inputs shaped like the training inputs")
+    if data.rank is not None:
+        require(data.x_test is None, "data.rank", "a ranked data set splits its own examples into train and test",
+                "drop x_test/y_test (the test set is the examples not in training), or the rank")
+        require(np.array_equal(np.sort(np.asarray(data.rank)), np.arange(data.n)), "data.rank",
+                f"is not a permutation of 0..{data.n - 1}", "build it with engine.data.ranked(x, y, seed)")
 
 
 def _as_dataset(x, y, x_test=None, y_test=None) -> Dataset:
@@ -75,6 +87,29 @@ def _as_dataset(x, y, x_test=None, y_test=None) -> Dataset:
     arr = lambda a: None if a is None else jax.device_put(np.asarray(a, np.float32))
     as_2d = lambda a: None if a is None else arr(np.asarray(a).reshape(np.shape(a)[0], -1))
     return Dataset(arr(x), as_2d(y), arr(x_test), as_2d(y_test))
+
+
+def split_count(train_fraction, n: int):
+    """floor(train_fraction * n), forgiving rounding just below an integer
+    (0.29 * 100 = 28.999...): the training set's size, in numpy or traced."""
+    return np.floor(train_fraction * n + 1e-3) if isinstance(train_fraction, (int, float)) else \
+        jnp.floor(train_fraction * n + 1e-3)
+
+
+def ranked(x, y, seed: int = 0, order=None) -> Dataset:
+    """A data set whose split into train and test is a hyperparameter of each run
+    (`simulation(train_fraction=...)`, traced, so a sweep over training fractions is
+    one program): every example in x, y and its `rank` in a random order drawn from
+    numpy's `default_rng(seed)` (or in `order`, a permutation: the training set at
+    fraction f is order[:floor(f n)]). The same seed gives the same order, so the
+    training sets of larger fractions contain those of smaller ones."""
+    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0, "seed",
+            f"got {seed!r}", "use an integer data seed >= 0")
+    n = np.shape(x)[0]
+    order = np.random.default_rng(int(seed)).permutation(n) if order is None else np.asarray(order)
+    rank = np.empty(n, np.int32)
+    rank[order] = np.arange(n, dtype=np.int32)
+    return _as_dataset(x, y)._replace(rank=jax.device_put(rank))
 
 
 def luo_points() -> Dataset:
@@ -250,12 +285,18 @@ def modular_table(p: int, op: str = "+", train_fraction: float = 0.3, seed: int 
             f"got {seed!r}", "use an integer data seed >= 0")
     p = int(p)
     a, b = (g.ravel() for g in np.meshgrid(np.arange(p), np.arange(1 if symbol == "/" else 0, p), indexing="ij"))
-    n_train = int(np.floor(train_fraction * a.size + 1e-9))  # floor, forgiving 0.29 * 100 = 28.999...
+    n_train = int(split_count(float(train_fraction), a.size))
     require(1 <= n_train < a.size, "train_fraction", f"{train_fraction} of {a.size} pairs is {n_train} "
             "training pairs", f"use a fraction that keeps between 1 and {a.size - 1} pairs")
     train = np.zeros(a.size, bool)
-    train[np.random.default_rng(int(seed)).permutation(a.size)[:n_train]] = True
+    train[modular_order(a.size, seed)[:n_train]] = True
     return ModularTable(a, b, label_of(a, b, p), train, p, symbol, float(train_fraction), int(seed))
+
+
+def modular_order(n: int, seed: int) -> np.ndarray:
+    """The random order of the N pairs that a data seed draws: the training split at
+    fraction f is its first floor(f N), static (`modular`) or traced (`modular_ranked`)."""
+    return np.random.default_rng(int(seed)).permutation(n)
 
 
 def modular_inputs(a, b, p: int, encoding: str = "one_hot") -> np.ndarray:
@@ -280,6 +321,15 @@ def modular(p: int = 97, op: str = "+", train_fraction: float = 0.3, seed: int =
     t = modular_table(p, op, train_fraction, seed)
     x, y = modular_inputs(t.a, t.b, t.p, encoding), one_hot(t.label, t.p)
     return _as_dataset(x[t.train], y[t.train], x[~t.train], y[~t.train])
+
+
+def modular_ranked(p: int = 97, op: str = "+", seed: int = 0, encoding: str = "one_hot") -> Dataset:
+    """Every pair of `modular_table(p, op, ., seed)`, ranked in the data seed's order
+    (`ranked`), so that the training fraction is a hyperparameter of each run
+    (`simulation(train_fraction=f)`): at fraction f a run trains on exactly the pairs
+    `modular(p, op, f, seed)` trains on and tests on the rest."""
+    t = modular_table(p, op, 0.5, seed)
+    return ranked(modular_inputs(t.a, t.b, t.p, encoding), one_hot(t.label, t.p), order=modular_order(t.a.size, seed))
 
 
 def _check_count(field: str, v, lo: int = 1) -> None:

@@ -14,6 +14,9 @@
   softmax cross-entropy with the logits cast to that float type first, so Softmax
   Collapse (Prieto et al. 2025) can be shown: once the correct logit leads by more than
   the type resolves, its loss and gradient are exactly 0.
+- `weighted(fn, w)`: any of these (all means over examples) as the weighted mean
+  sum_i w_i l_i / sum_i w_i; a split drawn per run (`simulation(train_fraction=...)`)
+  weighs its training examples 1 and the rest 0.
 """
 from __future__ import annotations
 
@@ -104,6 +107,19 @@ def cross_entropy_in(precision: str):
 
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy, "stablemax_cross_entropy": stablemax_cross_entropy,
           **{f"cross_entropy_{k}": cross_entropy_in(k) for k in ("float16", "float32", "float64")}}
+
+
+def weighted(fn, weights):
+    """fn as a weighted mean over examples: (y_pred [n, d], y [n, d]) ->
+    sum_i w_i fn(y_pred_i, y_i) / sum_i w_i, for an `fn` that is a mean over examples
+    (every loss here, and `accuracy`); weights: [n] (0 / 1 for a split of the
+    examples; 0 where every weight is 0)."""
+    def mean(y_pred, y):
+        per_example = jax.vmap(lambda a, b: fn(a[None], b[None]))(y_pred, y)
+        per_example = per_example.astype(jnp.promote_types(per_example.dtype, jnp.float32))  # bool, float16
+        w = weights.astype(per_example.dtype)
+        return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1e-30)
+    return mean
 
 
 def loss_function(name: str):

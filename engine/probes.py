@@ -94,8 +94,11 @@ class Snapshot(NamedTuple):
     batch_size: the training minibatch size (static; None for full batch); record: the
     record's index (int32 scalar, the same for every run of a sweep); every: steps
     between records (static); masked_objective(params, x, y, key) -> scalar: the
-    objective with the dropout masks drawn from `key` (None without dropout).
-    `loss_fn` and `objective` are what the optimizer descends (coupled L2 and the
+    objective with the dropout masks drawn from `key` (None without dropout);
+    weights: None, or under a split drawn per run (`simulation(train_fraction=...)`,
+    data with a `rank`) the pair ([n] training weights, [n] test weights), 1 / 0 on
+    data.x: measure means over the training or the test set with `on_train` /
+    `on_test`. `loss_fn` and `objective` are what the optimizer descends (coupled L2 and the
     1/alpha^2 of an output scale included, `engine.simulate`); `predict` is the
     deterministic network (no dropout; the centred f_alpha under an output scale)."""
     params: Any
@@ -112,6 +115,22 @@ class Snapshot(NamedTuple):
     record: Any = 0
     every: int = 1
     masked_objective: Callable | None = None
+    weights: Any = None
+
+
+def on_train(snap: Snapshot, fn: Callable) -> jax.Array:
+    """fn(y_pred, y) (a mean over examples) on the training set: the network's outputs
+    on data.x, or under a per-run split those weighted by the run's training weights."""
+    value = snap.predict(snap.params, snap.data.x)
+    return fn(value, snap.data.y) if snap.weights is None else losses.weighted(fn, snap.weights[0])(value, snap.data.y)
+
+
+def on_test(snap: Snapshot, fn: Callable) -> jax.Array:
+    """fn(y_pred, y) on the test set: data.x_test, or under a per-run split the
+    examples of data.x outside the run's training set."""
+    if snap.weights is None:
+        return fn(snap.predict(snap.params, snap.data.x_test), snap.data.y_test)
+    return losses.weighted(fn, snap.weights[1])(snap.predict(snap.params, snap.data.x), snap.data.y)
 
 
 class Probe(NamedTuple):
@@ -144,7 +163,7 @@ class Probe(NamedTuple):
 
 
 def _needs_test(name, data, optimizer, batch_size, dropout):
-    require(data.x_test is not None, "probes", f"probe {name!r} needs a test set and the data has none",
+    require(data.x_test is not None or data.rank is not None, "probes", f"probe {name!r} needs a test set and the data has none",
             "give data with x_test/y_test or drop the probe")
 
 
@@ -808,7 +827,7 @@ def layer_norms(params) -> jax.Array:
 def logit_norm(snap: Snapshot) -> jax.Array:
     """The mean over training examples of ||f(x_i)||_2, the logits' size (Prieto et al.
     2025: it grows without bound on the way to Softmax Collapse)."""
-    return jnp.mean(jnp.linalg.norm(snap.predict(snap.params, snap.data.x), axis=-1))
+    return on_train(snap, lambda f, y: jnp.mean(jnp.linalg.norm(f, axis=-1)))
 
 
 def softmax_collapse(dtype: str = "float32") -> Probe:
@@ -819,13 +838,12 @@ def softmax_collapse(dtype: str = "float32") -> Probe:
     require(dtype in ("float16", "bfloat16", "float32", "float64"), "probes.dtype", f"got {dtype!r}",
             "use float16, bfloat16, float32 or float64")
 
-    def fn(snap):
-        logits = snap.predict(snap.params, snap.data.x).astype(dtype)
-        p = jax.nn.softmax(logits, axis=-1)
-        correct = jnp.take_along_axis(p, jnp.argmax(snap.data.y, -1)[:, None], -1)[:, 0]
+    def collapsed(logits, y):
+        p = jax.nn.softmax(logits.astype(dtype), axis=-1)
+        correct = jnp.take_along_axis(p, jnp.argmax(y, -1)[:, None], -1)[:, 0]
         return jnp.mean((correct == 1).astype(jnp.float32))
 
-    return scalar("softmax_collapse", fn, needs={"classification"})
+    return scalar("softmax_collapse", lambda snap: on_train(snap, collapsed), needs={"classification"})
 
 
 def ntk_gram(predict, params, x, direction) -> jax.Array:
@@ -882,13 +900,13 @@ def output_spectrum(grid_x, grid_shape: tuple, name: str = "output_power") -> Pr
 
 # ----------------------------------------------------------------------------- registry
 BUILTIN = {
-    "loss": lambda: scalar("loss", lambda s: s.loss(s.predict(s.params, s.data.x), s.data.y)),
-    "test_loss": lambda: scalar("test_loss", lambda s: s.loss(s.predict(s.params, s.data.x_test), s.data.y_test),
+    "loss": lambda: scalar("loss", lambda s: on_train(s, s.loss)),
+    "test_loss": lambda: scalar("test_loss", lambda s: on_test(s, s.loss),
                                 needs={"test"}),
-    "accuracy": lambda: scalar("accuracy", lambda s: losses.accuracy(s.predict(s.params, s.data.x), s.data.y),
+    "accuracy": lambda: scalar("accuracy", lambda s: on_train(s, losses.accuracy),
                                needs={"classification"}),
     "test_accuracy": lambda: scalar(
-        "test_accuracy", lambda s: losses.accuracy(s.predict(s.params, s.data.x_test), s.data.y_test),
+        "test_accuracy", lambda s: on_test(s, losses.accuracy),
         needs={"classification", "test"}),
     "param_norm": lambda: scalar("param_norm", lambda s: norm(s.params)),
     "loss_change": lambda: scalar("loss_change", loss_change),

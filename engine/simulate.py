@@ -61,10 +61,10 @@ import optax
 
 from jax.flatten_util import ravel_pytree
 
-from engine.data import Dataset, check_dataset
+from engine.data import Dataset, check_dataset, split_count
 from engine.errors import FINITE, ConfigError, Range, require
 from engine.init import Initializer, scaled
-from engine.losses import loss_function
+from engine.losses import loss_function, weighted
 from engine.models import Model, layers
 from engine.optim import Optimizer, gd, hyperparams, with_hyperparams
 from engine.probes import Probe, Snapshot, chain, chain_of, scalar
@@ -240,14 +240,37 @@ def predictor(model: Model, forward: dict, key=None) -> Callable:
     return predict
 
 
+def train_weights(data: Dataset, train_fraction) -> jax.Array:
+    """[n] 1.0 for the examples a run trains on at `train_fraction` (rank below
+    floor(f n), `engine.data.split_count`), 0.0 for its test examples."""
+    return (data.rank < split_count(train_fraction, data.n)).astype(jnp.result_type(float))
+
+
+def split_loss(loss_fn: Callable, forward: dict, n: int) -> Callable:
+    """loss_fn, or under a per-run split (forward["train_weights"]) its mean over the
+    run's training examples; such a loss takes all n examples, no subset."""
+    if "train_weights" not in forward:
+        return loss_fn
+    mean = weighted(loss_fn, forward["train_weights"])
+
+    def loss(y_pred, y):
+        require(y.shape[0] == n, "probes", f"a probe measures the loss on {y.shape[0]} of the {n} examples, "
+                "and the training set is drawn per run (train_fraction)", "drop the probe's `examples` option "
+                "or minibatches, or split the data statically (x_test)")
+        return mean(y_pred, y)
+    return loss
+
+
 def objective_of(model: Model, loss_fn: Callable, forward: dict, opt_state, scale_loss: bool = True,
-                 key=None) -> Callable:
+                 key=None, n: int | None = None) -> Callable:
     """objective(params, x, y) -> scalar, what the run minimizes: the loss of the
-    predictions (`predictor`), divided by alpha^2 under an output scale with
+    predictions (`predictor`; under a per-run split, `split_loss`, over the run's
+    training examples of the n), divided by alpha^2 under an output scale with
     `scale_loss`, plus l2/2 ||theta||^2 when the optimizer holds a coupled L2
     coefficient `l2` (`engine.optim`)."""
     predict = predictor(model, forward, key)
     divide = scale_loss and "output_scale" in forward
+    loss_fn = split_loss(loss_fn, forward, n)
 
     def objective(params, x, y):
         value = loss_fn(predict(params, x), y)
@@ -265,7 +288,7 @@ def train_step(state: RunState, data: Dataset, model: Model, loss_fn: Callable, 
     """examples -> update -> freeze; a dropout mask from the run's key and the step."""
     x, y = examples(state, data, batch_size)
     key = jax.random.fold_in(stream(state.key, "dropout"), state.step) if "dropout" in state.forward else None
-    objective = objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss, key)
+    objective = objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss, key, data.n)
     loss_value, params, opt_state = update(objective, tx, state.params, state.opt_state, x, y)
     return freeze(state, loss_value, params, opt_state, steps, diverge_above, converge_below)
 
@@ -276,14 +299,16 @@ def observe(state: RunState, data: Dataset, probe: Probe, model: Model, loss_fn,
     """Measure the probe chain on the run at record `record` (an unbatched int32 scalar):
     (state with the probes' new states and the hyperparameters they set, records).
     After divergence a run's records are NaN: its frozen values are not a trajectory."""
-    objective = objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss)
+    objective = objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss, n=data.n)
     masked = None
     if "dropout" in state.forward:
         masked = lambda p, x, y, key: objective_of(model, loss_fn, state.forward, state.opt_state, scale_loss,
-                                                   key)(p, x, y)
+                                                   key, data.n)(p, x, y)
+    w = state.forward.get("train_weights")
     snap = Snapshot(state.params, lambda p: objective(p, data.x, data.y), objective,
                     predictor(model, state.forward), data, loss_fn, state.opt_state, tx.update,
-                    jax.random.fold_in(state.key, state.step), first, batch_size, record, every, masked)
+                    jax.random.fold_in(state.key, state.step), first, batch_size, record, every, masked,
+                    None if w is None else (w, 1 - w))
     values, probe_state = probe.measure(snap, state.probe_state)
     opt_state = with_hyperparams(state.opt_state, **{h: values[h] for h in probe.sets})
     dead = state.diverged & (state.diverged_step < jnp.minimum(state.step, steps))
@@ -304,7 +329,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
                probes=("loss",), batch_size: int | None = None,
                diverge_above: float | None = None, converge_below: float | None = None,
                derive: Callable[[dict], dict] | None = None, dropout: float | None = None,
-               output_scale: float | None = None, scale_loss: bool = True, snapshots=None) -> Simulation:
+               output_scale: float | None = None, scale_loss: bool = True, snapshots=None,
+               train_fraction: float | None = None) -> Simulation:
     """Build the pure pieces of one training run (see the module docstring).
 
     model: `engine.models.Model`; data: `engine.data.Dataset`; loss: a name of
@@ -319,11 +345,14 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     dropout rate in [0, 1) (None: no dropout in the program); output_scale: the default
     alpha > 0 of the centred model (None: the plain model); scale_loss: divide the loss
     by alpha^2 (see the module docstring); snapshots: record steps at which each run
-    keeps theta (`params_snapshot`), or None.
+    keeps theta (`params_snapshot`), or None; train_fraction: the default fraction f
+    in (0, 1) of a ranked data set's examples each run trains on (hyperparameter
+    "train_fraction"; `engine.data.ranked`, `modular_ranked`): those of rank below
+    floor(f n); the rest are its test set (`test_loss`, `test_accuracy`).
     """
     optimizer, init, loss_fn, probe, params_shape = _check_arguments(
         model, data, loss, optimizer, init, steps, every, probes, batch_size, diverge_above, converge_below,
-        dropout, output_scale, scale_loss)
+        dropout, output_scale, scale_loss, train_fraction)
     record_steps = np.unique(np.minimum(np.arange(0, steps + every, every), steps))
     snapshot_steps = _check_snapshots(snapshots, record_steps)
     slots = np.full(len(record_steps), -1, np.int32)
@@ -332,7 +361,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
 
     def unravel(flat):
         return ravel_pytree(jax.tree.map(lambda l: jnp.zeros(l.shape, flat.dtype), params_shape))[1](jnp.asarray(flat))
-    knobs = {k: v for k, v in (("dropout", dropout), ("output_scale", output_scale)) if v is not None}
+    knobs = {k: v for k, v in (("dropout", dropout), ("output_scale", output_scale),
+                               ("train_fraction", train_fraction)) if v is not None}
     defaults = {**init.defaults, **optimizer.defaults, **knobs}
 
     def measure(state, data, record, first):
@@ -349,6 +379,8 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         k_init, k_run = jax.random.split(key)
         params = init.sample(k_init, hp)
         forward = {k: hp[k] for k in knobs}
+        if train_fraction is not None:
+            forward["train_weights"] = train_weights(data, hp["train_fraction"])
         if output_scale is not None:
             forward["params0"] = params
         flat = ravel_pytree(params)[0]
@@ -376,7 +408,7 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "init": init.name, "steps": steps, "every": every,
         "probes": [p.name for p in probe.members], "batch_size": batch_size,
         "diverge_above": diverge_above, "converge_below": converge_below, "defaults": dict(defaults),
-        "dropout": dropout, "output_scale": output_scale, "scale_loss": scale_loss,
+        "dropout": dropout, "output_scale": output_scale, "scale_loss": scale_loss, "train_fraction": train_fraction,
         "snapshots": None if snapshot_steps is None else snapshot_steps.tolist(),
     }
     return Simulation(start, advance, data, steps, every, record_steps, defaults, ranges, probe, coords, config,
@@ -395,11 +427,13 @@ def _check_snapshots(snapshots, record_steps: np.ndarray) -> np.ndarray | None:
     return np.unique(np.asarray(snapshots, np.int64))
 
 
-KNOB_RANGES = {"dropout": Range(0, 1, hi_open=True), "output_scale": Range(0, None, lo_open=True)}
+KNOB_RANGES = {"dropout": Range(0, 1, hi_open=True), "output_scale": Range(0, None, lo_open=True),
+               "train_fraction": Range(0, 1, lo_open=True, hi_open=True)}
 
 
 def _check_arguments(model, data, loss, optimizer, init, steps, every, probes, batch_size,
-                     diverge_above, converge_below, dropout=None, output_scale=None, scale_loss=True):
+                     diverge_above, converge_below, dropout=None, output_scale=None, scale_loss=True,
+                     train_fraction=None):
     """Every argument of `simulation` checked before anything is traced: (optimizer,
     initializer, loss function, probe chain, the shapes of params)."""
     require(isinstance(model, Model), "model", f"got {type(model).__name__}",
@@ -425,7 +459,13 @@ def _check_arguments(model, data, loss, optimizer, init, steps, every, probes, b
     for field, v in (("diverge_above", diverge_above), ("converge_below", converge_below)):
         require(v is None or (isinstance(v, (int, float)) and v > 0), field, f"got {v!r}",
                 "use a positive number or None")
-    for field, v in (("dropout", dropout), ("output_scale", output_scale)):
+    require(train_fraction is None or data.rank is not None, "train_fraction", "needs a ranked data set, whose "
+            "examples it splits per run", "build the data with engine.data.ranked(x, y, seed) or modular_ranked(...)")
+    require(train_fraction is not None or data.rank is None, "train_fraction", "the data is ranked (its split is "
+            "drawn per run) and no fraction is set", "give simulation(train_fraction=f), f in (0, 1)")
+    require(train_fraction is None or batch_size is None, "batch_size", "minibatches of a split drawn per run "
+            "are not supported", "train on the full batch, or split the data statically (x_test)")
+    for field, v in (("dropout", dropout), ("output_scale", output_scale), ("train_fraction", train_fraction)):
         require(v is None or v in KNOB_RANGES[field], field, f"got {v!r}", f"use {KNOB_RANGES[field]}, or None")
         require(v is None or field not in {*init.defaults, *optimizer.defaults}, field,
                 "is also a hyperparameter of the initializer or optimizer", "rename that one")
