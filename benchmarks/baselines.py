@@ -45,9 +45,9 @@ def user_loop(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
     return runs * steps / timed(all_runs)
 
 
-def per_run_scan(sim_model, scheme, dataset, tx, hp, steps, runs) -> float:
+def per_run_scan(sim_model, scheme, dataset, tx, hp, steps, runs, loss_fn=losses.mse) -> float:
     """run-steps/s of the best per-run program: one jit-compiled lax.scan per run."""
-    loss = lambda p: losses.mse(sim_model.apply(p, dataset.x), dataset.y)
+    loss = lambda p: loss_fn(sim_model.apply(p, dataset.x), dataset.y)
 
     @jax.jit
     def train(p):

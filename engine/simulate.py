@@ -348,7 +348,10 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
     keeps theta (`params_snapshot`), or None; train_fraction: the default fraction f
     in (0, 1) of a ranked data set's examples each run trains on (hyperparameter
     "train_fraction"; `engine.data.ranked`, `modular_ranked`): those of rank below
-    floor(f n); the rest are its test set (`test_loss`, `test_accuracy`).
+    floor(f n); the rest are its test set (`test_loss`, `test_accuracy`). Each step
+    then takes the loss over all n examples, the test ones weighted 0: 1/f the
+    arithmetic of the static split (`Dataset(x, y, x_test, y_test)`), the price of one
+    program for every fraction.
     """
     optimizer, init, loss_fn, probe, params_shape = _check_arguments(
         model, data, loss, optimizer, init, steps, every, probes, batch_size, diverge_above, converge_below,
