@@ -7,7 +7,8 @@ and their values when a sweep does not set them.
 
 MLP schemes draw W_l = std_l * Z with Z ~ N(0, 1) in the layout of `engine.models.mlp`:
 - `scaled`:      the model's own init, times `init_scale` (any model, flax ones too);
-- `standard`:    LeCun / He / Xavier, std = init_scale * sqrt(gain / fan), biases 0;
+- `standard`:    LeCun / He / Xavier, std = init_scale * gain_l * sqrt(g / fan), biases 0;
+- `cohen_small`: Xavier with gain 1.9 on the first layer (Cohen et al. 2021's small nets);
 - `width_power`: std_l = m^-gamma (per layer: `gamma_0`, `gamma_1`, ...), m the hidden
                  width of the layer, biases drawn like the weights they sit with;
 - `luo`:         two-layer (gamma, gamma') of Luo et al. 2021 (JMLR 22(71));
@@ -73,19 +74,33 @@ def scaled(model: Model) -> Initializer:
 _GAINS = {"lecun": (1.0, "in"), "he": (2.0, "in"), "xavier": (2.0, "avg")}
 
 
-def standard(model: Model, kind: str = "lecun") -> Initializer:
-    """std_l = init_scale * sqrt(gain / fan): LeCun (1, fan_in), He (2, fan_in),
-    Xavier/Glorot (2, fan_in + fan_out); biases zero."""
+def standard(model: Model, kind: str = "lecun", gains=None) -> Initializer:
+    """std_l = init_scale * gain_l * sqrt(g / fan): LeCun (g = 1, fan_in), He (2,
+    fan_in), Xavier/Glorot (2, fan_in + fan_out); `gains` one factor per layer (default
+    1; PyTorch's `gain` argument of xavier_normal_); biases zero. Cohen et al. 2021's
+    small 1-100-1 tanh network: kind "xavier", gains (1.9, 1) (`cohen_small`)."""
     _require_mlp(model, "standard")
     if kind not in _GAINS:
         raise ConfigError("init.kind", f"unknown value {kind!r}", f"use one of {', '.join(_GAINS)}")
     gain, fan = _GAINS[kind]
     fans = [fi if fan == "in" else fi + fo for fi, fo in model.layer_shapes]
+    gains = [1.0] * len(fans) if gains is None else [float(g) for g in gains]
+    require(len(gains) == len(fans) and all(g > 0 for g in gains), "init.gains",
+            f"got {len(gains)} gains {gains} for {len(fans)} layers", f"give {len(fans)} positive numbers, or None")
 
     def sample(key, hp):
-        w_std = [hp["init_scale"] * math.sqrt(gain / f) for f in fans]
+        w_std = [hp["init_scale"] * g * math.sqrt(gain / f) for g, f in zip(gains, fans)]
         return _normal_layers(key, model, w_std, [0.0] * len(fans))
-    return Initializer(f"standard-{kind}", {"init_scale": 1.0}, sample)
+    suffix = "" if set(gains) == {1.0} else "-gains-" + "-".join(f"{g:g}" for g in gains)
+    return Initializer(f"standard-{kind}{suffix}", {"init_scale": 1.0}, sample)
+
+
+def cohen_small(model: Model) -> Initializer:
+    """The initialization of Cohen et al. 2021's small networks (their code: PyTorch
+    xavier_normal_ with gain 1.9 on the first layer, 1 on the others, biases zero; use
+    with `mlp(..., output_bias=False)`), under which their 1-100-1 tanh network on
+    chebyshev-3-20 sharpens to 2/eta."""
+    return standard(model, "xavier", gains=(1.9,) + (1.0,) * (len(model.layer_shapes or ()) - 1))
 
 
 def width_power(model: Model, per_layer: bool = False, gamma: float = 1.0) -> Initializer:

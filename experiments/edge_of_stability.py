@@ -25,6 +25,11 @@ targets; pass the data as an .npz with `x_train`, `y_train` (nothing is download
 figure are 2/30 ... 2/90 in spirit (their thresholds 2/eta of 30-90); we take
 eta in {2/30, 2/50, 2/70, 2/90}.
 
+`--preset cohen_small` is the paper's own small setting: the 1-100-1 tanh network on
+chebyshev-3-20 with their initialization (`engine.init.cohen_small`: Xavier-normal,
+gain 1.9 on the first layer, zero first-layer bias, no output bias), eta in {0.1, 0.2},
+20000 steps (sharpness every 20); under that initialization it does sharpen to 2/eta.
+
 The late phase is the last `late` fraction of the recorded steps. Per learning rate the
 summary reports the median over seeds of the late-phase median of sharpness / (2/eta)
 and the fraction of seeds within +-10%.
@@ -46,17 +51,23 @@ NAME = "edge_of_stability"
 PRESETS = {
     "quick": {"data": "chebyshev-3-20", "n_train": None, "widths": [1, 50, 50, 1], "activation": "tanh",
               "lrs": [0.05, 0.1], "seeds": 8, "steps": 5000, "every": 10, "sharpness_examples": None,
-              "late": 0.5, "schedule": "constant"},
+              "late": 0.5, "schedule": "constant", "init": "scaled", "output_bias": True},
     "paper": {"data": "cifar10.npz", "n_train": 5000, "widths": [3072, 200, 200, 10], "activation": "tanh",
               "lrs": [2 / 30, 2 / 50, 2 / 70, 2 / 90], "seeds": 4, "steps": 20000, "every": 50,
-              "sharpness_examples": None, "late": 0.5, "schedule": "constant"},
+              "sharpness_examples": None, "late": 0.5, "schedule": "constant", "init": "scaled", "output_bias": True},
+    "cohen_small": {"data": "chebyshev-3-20", "n_train": None, "widths": [1, 100, 1], "activation": "tanh",
+                    "lrs": [0.1, 0.2], "seeds": 4, "steps": 20000, "every": 20, "sharpness_examples": None,
+                    "late": 0.5, "schedule": "constant", "init": "cohen_small", "output_bias": False},
 }
+INITS = {"scaled": init.scaled, "cohen_small": init.cohen_small}
 RANGES = {"n_train": Range(1, integer=True, none_ok=True), "lrs": POSITIVE,
           "sharpness_examples": Range(1, integer=True, none_ok=True), "late": FRACTION}
 
 
 def build(config: dict) -> simulate.Simulation:
-    model = models.mlp(tuple(config["widths"]), config["activation"])
+    require(config.get("init", "scaled") in INITS, "init", f"unknown value {config.get('init')!r}",
+            f"use one of {', '.join(INITS)}")
+    model = models.mlp(tuple(config["widths"]), config["activation"], output_bias=config.get("output_bias", True))
     d = data.named(config["data"], config["n_train"])
     require(d.x.shape[1] == config["widths"][0], "widths",
             f"the data have {d.x.shape[1]} inputs but widths[0] = {config['widths'][0]}",
@@ -65,7 +76,8 @@ def build(config: dict) -> simulate.Simulation:
             f"the data have {d.y.shape[1]} outputs but widths[-1] = {config['widths'][-1]}",
             f"use widths ending with {d.y.shape[1]}")
     sharp = probes.sharpness(iters=20, warm_iters=10, examples=config["sharpness_examples"])
-    return simulate.simulation(model, d, "mse", optim.gd(schedule=lr_schedule(config)), init.scaled(model),
+    return simulate.simulation(model, d, "mse", optim.gd(schedule=lr_schedule(config)),
+                               INITS[config.get("init", "scaled")](model),
                                steps=config["steps"], every=config["every"], probes=("loss", "loss_change", sharp))
 
 

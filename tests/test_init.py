@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from engine import init, models
+from engine.errors import ConfigError
 
 
 def test_luo_scales_match_gamma_and_gamma_prime():
@@ -61,3 +62,18 @@ def test_scaled_works_for_flax_models():
     a = scheme.sample(jax.random.key(0), {"init_scale": 1.0})
     b = scheme.sample(jax.random.key(0), {"init_scale": 0.1})
     jax.tree.map(lambda x, y: np.testing.assert_allclose(0.1 * x, y, rtol=1e-6), a, b)
+
+
+def test_cohen_small_is_xavier_with_gain_on_the_first_layer():
+    """std = gain * sqrt(2 / (fan_in + fan_out)): 1.9 sqrt(2/101) in, sqrt(2/101) out,
+    biases zero, no output bias (the model's)."""
+    model = models.mlp((1, 100, 1), "tanh", output_bias=False)
+    scheme = init.cohen_small(model)
+    ws = [scheme.sample(jax.random.key(s), {"init_scale": 1.0}) for s in range(200)]
+    first = np.concatenate([np.ravel(w[0]["w"]) for w in ws])
+    out = np.concatenate([np.ravel(w[1]["w"]) for w in ws])
+    np.testing.assert_allclose(first.std(), 1.9 * np.sqrt(2 / 101), rtol=0.02)
+    np.testing.assert_allclose(out.std(), np.sqrt(2 / 101), rtol=0.02)
+    assert all(not np.any(w[0]["b"]) for w in ws) and "b" not in ws[0][1]
+    with pytest.raises(ConfigError, match="gains"):
+        init.standard(model, "xavier", gains=(1.0,))
