@@ -35,28 +35,45 @@ sign on the test pairs; these *off-target frequencies* are the "less salient" on
 output's power at them over the grid, P_off = sum_{k off-target} ||F_grid[H](k)||^2, is
 read against the target's non-constant power sum_{k target, k != 0} ||F_grid[Y](k)||^2;
 a perfect memorizer (H = Y on the training pairs, uniform 1/p elsewhere) has the
-`memorizer_off_target_power` reported in the summary. Our probe `frequency_fit` records
-||F_S[H - Y](k)|| for S = train and test, and ||F_grid[H](k)||^2, for every k, at every
-record step.
+`memorizer_off_target_power` reported in the summary.
+
+Our probe `frequency_fit` records ||F_S[H - Y](k)|| for S = train and test, and
+||F_grid[H](k)||^2, for every k at every record step; `engine.probes.output_spectrum`
+records the logits' power ||F_grid[f](k)||^2, whose few large target frequencies are
+Nanda et al.'s key frequencies.
 
 Measured per run: T_train(k) and T_test(k), the record step from which e_S(k) stays
-below `tol` (at the target frequencies); their medians over k; the off-target power
-over training (its peak and the step of the peak, its value at the end); t_train and
-t_test of `experiments.grokking` (accuracy >= 99% / test accuracy >= 95%). The claims
-(medians over seeds): (1) on the training points every target frequency is fitted
-(e_train < tol) within the run; (2) on the test points they are fitted only at
-T_test >= `ratio` x T_train (median over k) -- grokking, seen per frequency; (3) the
-network first learns frequencies the target does not have: its off-target power peaks
-at >= 10 x its initial value before T_test; (4) then it sheds them: at the end the
-off-target power is below 1/5 of its peak. Which target frequencies the test points fit
-first is reported (`test_fit_step_by_frequency`), not claimed: with one-hot inputs the
-network does not see the order of Z_p, so "low |k| first" has no reason to hold here.
+below `tol`, at each target frequency, and their medians over |k| (T_train, T_test);
+the same on the training points at the off-target frequencies (median over k); the
+test error at the target frequencies (median over |k|) at T_train and at the end, and
+the step from which it stays below their geometric mean (the midpoint of its fall, a
+threshold-free grokking time); the off-target power at step 0, its peak and the step of
+the peak, its value at the end; the logits' share of power per target frequency at the
+end (the top five, per seed); t_train and t_test of `experiments.grokking`.
 
-Quick preset (2-core CPU, about a minute): p = 31, half the pairs for training,
-128-unit MLP, lr 3e-3, weight decay 3 (the quick grokking preset's reference), 2 seeds,
-4000 steps recorded every 20. Paper preset: Nanda et al.'s transformer on p = 113 with
-30% for training, lr 1e-3, weight decay 1, 40000 steps (the grokking paper preset; Zhou
-et al.'s own sizes we could not pin down).
+The claims (medians over seeds): (1) on the training points every target frequency is
+fitted (e_train < tol) within the run; (2) there the target's frequencies come no
+earlier than the rest: the off-target ones are fitted by 1.5 T_train (the network fits
+the spectrum of its training data, sampling artefacts included, not the target's
+first); (3) on the test points the target frequencies are fitted only at
+T_test >= `ratio` x T_train; (4) threshold-free, the test error falls to <= 1/3 of its
+value at T_train and passes its midpoint only at >= `ratio` x T_train; (5) the network
+first learns frequencies the target lacks: its off-target power rises >= 10x above its
+initial value before that midpoint; (6) then it sheds them: at the end the off-target
+power is below 1/5 of its peak. Which target frequencies the test points fit first is
+reported (`test_fit_step_by_frequency`, `test_midpoint_step_by_frequency`), not
+claimed: with one-hot inputs the network does not see the order of Z_p, so "low |k|
+first" has no reason to hold here, and at the quick scale it does not: every |k| passes
+its midpoint between steps 1680 and 1790.
+
+Quick preset (2-core CPU, about 30 s): p = 31, half the pairs for training, 128-unit
+MLP, lr 3e-3, weight decay 3, 6000 steps (the quick grokking preset at its reference
+weight decay), 2 seeds, recorded every 20 steps. There claim (3) fails: the test
+accuracy ends at 0.96 and the test error at the target frequencies levels off at 0.20,
+never below tol = 0.1 (the training points reach 1e-5); the threshold-free (4) holds.
+Paper preset: Nanda et al.'s transformer on p = 113 with 30% for training, lr 1e-3,
+weight decay 1, 40000 steps (the grokking paper preset; Zhou et al.'s own sizes we
+could not pin down), not run here.
 """
 from __future__ import annotations
 
@@ -195,17 +212,21 @@ def measures(ds, config: dict) -> xr.Dataset:
     err = relative_errors(ds)
     fit = {s: settled_step(folded(err[s], target), config["tol"]) for s in ("train", "test")}
     t_fit = fit["train"].median("frequency")
-    test = folded(err.test, target).median("frequency").transpose(..., "step")
     steps = xr.DataArray(ds.step.values, dims="step", coords={"step": ds.step})
-    at_fit, final = test.where(steps == t_fit).max("step"), test.isel(step=-1, drop=True)
-    mid = settled_step(test, np.sqrt(at_fit * final))  # the geometric midpoint of its fall
+
+    def midpoint(e):  # the step from which e stays below the geometric midpoint of its fall
+        e = e.transpose(..., "step")
+        at_fit, final = e.where(steps == t_fit).max("step"), e.isel(step=-1, drop=True)
+        return at_fit, final, settled_step(e, np.sqrt(at_fit * final))
+    per_k = folded(err.test, target)
+    at_fit, final, mid = midpoint(per_k.median("frequency"))
     power = off_target_power(ds).transpose(..., "step")
     share = logit_share(ds).isel(step=-1, drop=True)
     return xr.Dataset({
         "train_fit_step": t_fit, "train_fit_step_last": fit["train"].max("frequency", skipna=False),
         "train_fit_step_off_target": settled_step(err.train.where(~target).median(FREQ), config["tol"]),
         "test_fit_step": fit["test"].median("frequency"), "test_fit_step_last": fit["test"].max("frequency", skipna=False),
-        "test_fit_step_by_frequency": fit["test"],
+        "test_fit_step_by_frequency": fit["test"], "test_midpoint_step_by_frequency": midpoint(per_k)[2],
         "test_error_at_train_fit": at_fit, "test_error_final": final, "test_midpoint_step": mid,
         "off_target_power_initial": power.isel(step=0, drop=True), "off_target_power_peak": power.max("step"),
         "off_target_power_peak_step": steps[power.fillna(-1).argmax("step")].drop_vars("step"),
@@ -218,7 +239,7 @@ def measures(ds, config: dict) -> xr.Dataset:
         "final_test_accuracy": ds.test_accuracy.isel(step=-1, drop=True)})
 
 
-PER_FREQUENCY = ("test_fit_step_by_frequency", "logit_share_final")
+PER_FREQUENCY = ("test_fit_step_by_frequency", "test_midpoint_step_by_frequency", "logit_share_final")
 
 
 def _num(v):
@@ -237,10 +258,14 @@ def summarize(ds, config: dict) -> dict:
     return {
         "per_seed": {k: [_num(v) for v in m[k].values] for k in scalars},
         "median": med,
-        "test_fit_step_by_frequency": {str(int(k)): _num(m.test_fit_step_by_frequency.sel(frequency=k).median("seed"))
-                                       for k in m.frequency.values},
+        **{name: {str(int(k)): _num(m[name].sel(frequency=k).median("seed")) for k in m.frequency.values}
+           for name in PER_FREQUENCY[:2]},
         "logit_key_frequencies_by_seed": key,
         "memorizer_off_target_power": round(_memorizer_off_target(ds), 5),
+        "note": (f"the test error at the target frequencies ends at {med['test_error_final']} > tol {tol:g} "
+                 f"(test accuracy {med['final_test_accuracy']}): the test points are never fitted at tol, so "
+                 "T_test is undefined; the midpoint claim reads the same run without a threshold"
+                 if not nan("test_error_final") < tol else "the test points are fitted at tol"),
         "claims": {
             f"on the training points every target frequency is fitted (relative error < {tol:g})":
                 bool(np.isfinite(m.train_fit_step_last.values).all()),
