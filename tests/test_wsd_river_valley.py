@@ -1,7 +1,6 @@
 """Warmup-stable-decay in a river valley (Wen et al. 2024), small: SGD bounces on the
 hillsides by a gap that grows with eta, the decay removes it, and WSD ends below a
 cosine schedule of the same length."""
-import json
 
 import pytest
 
