@@ -109,7 +109,10 @@ class Simulation:
     int; defaults / ranges: {hyperparameter: default / `errors.Range`}; probe: the
     chain of probes; probe_coords: {dim: coordinate values}; config: a JSON-able
     description; snapshot_steps: the steps whose theta a run keeps (`snapshots`), or
-    None; unravel: flat [P] -> params pytree; compiled: programs compiled for this simulation, keyed by how they
+    None; unravel: flat [P] -> params pytree; loss_at(params) -> scalar: the data loss
+    of the training set at any parameters (the deterministic network; for slices of the
+    landscape, `engine.landscape`), refused under an output scale or a per-run split,
+    whose loss needs the run's state; compiled: programs compiled for this simulation, keyed by how they
     were batched and the shapes they take (kept by `engine.sweep`, so an identical
     second sweep compiles nothing)."""
     init: Callable
@@ -125,6 +128,7 @@ class Simulation:
     config: dict
     snapshot_steps: np.ndarray | None = None
     unravel: Callable | None = None
+    loss_at: Callable | None = None
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -414,8 +418,13 @@ def simulation(model: Model, data: Dataset, loss="mse", optimizer: Optimizer | N
         "dropout": dropout, "output_scale": output_scale, "scale_loss": scale_loss, "train_fraction": train_fraction,
         "snapshots": None if snapshot_steps is None else snapshot_steps.tolist(),
     }
+    def loss_at(params):
+        require(output_scale is None and train_fraction is None, "loss_at", "the loss under an output scale or "
+                "a per-run split depends on the run (theta_0, its split)", "slice a simulation without them")
+        return loss_fn(model.apply(params, data.x), data.y)
+
     return Simulation(start, advance, data, steps, every, record_steps, defaults, ranges, probe, coords, config,
-                      snapshot_steps, unravel)
+                      snapshot_steps, unravel, loss_at)
 
 
 def _check_snapshots(snapshots, record_steps: np.ndarray) -> np.ndarray | None:
