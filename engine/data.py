@@ -350,11 +350,13 @@ def xor_clusters(n: int = 200, d: int = 1000, mean_norm: float | None = None, la
     loss of their difference); a test set of `n_test` examples, its labels flipped too
     (`noisy_test`: then the best test accuracy is 1 - eta) or clean.
 
-    Defaults are CPU-sized, not the very high-dimensional regime the paper's theorems
-    assume (d large against n^2 ||mu||^2): n = 200, d = 1000, eta = 0.1 and
-    ||mu|| = d^0.3 (~7.9: ||mu||^2 = 2 sqrt(d), so a cluster stands out of the noise
-    along its mean while the noise, of norm sqrt(d) ~ 32, dominates x). Tune d, n and
-    mean_norm for the regime an experiment needs."""
+    Defaults are CPU-sized: n = 200, d = 1000, eta = 0.1 and ||mu|| = d^0.3 (~7.9:
+    ||mu||^2 = 2 sqrt(d), so a cluster stands out of the noise along its mean while the
+    noise, of norm sqrt(d) ~ 32, dominates x). They are NOT the paper's high-dimensional
+    regime, where the training points are nearly orthogonal so that one GD step fits
+    every (noisy) label (d >> n and d >> sqrt(n) ||mu||^2) and yet the means carry enough
+    signal to be learned (||mu||^2 >> sqrt(d / n)); here d = 5 n and sqrt(n) ||mu||^2 ~ 890
+    ~ d. `experiments.xor_cluster_grokking` uses n = 100, d = 10^4, ||mu|| = 20."""
     _check_count("n", n)
     _check_count("d", d, 2)
     _check_count("n_test", n_test, 0)
