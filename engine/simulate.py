@@ -172,7 +172,8 @@ def keep_snapshot(state: RunState, slots, record) -> RunState:
     if state.snapshots is None:
         return state
     slot = jnp.asarray(slots)[record]
-    put = lambda snaps: jax.lax.dynamic_update_slice(snaps, ravel_pytree(state.params)[0][None], (slot, 0))
+    put = lambda snaps: jax.lax.dynamic_update_slice(snaps, ravel_pytree(state.params)[0][None],
+                                                        (slot, jnp.zeros_like(slot)))  # one index dtype, also under x64
     return state._replace(snapshots=jax.lax.cond(slot >= 0, put, lambda snaps: snaps, state.snapshots))
 
 

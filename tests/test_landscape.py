@@ -79,3 +79,14 @@ def test_bad_input_is_refused(call, field):
     with pytest.raises(ConfigError) as e:
         call(params)
     assert e.value.field == field
+
+
+def test_snapshots_are_kept_in_float64_too():
+    """Under x64 the snapshot slot (int32) and the column index (int64 by default) once
+    disagreed, and dynamic_update_slice refused them."""
+    sim, _ = _setup()
+    ds = sweep.sweep(sim, seeds=1, progress=False, x64=True)
+    with sweep.precision(True):
+        p = landscape.saved_params(sim, ds, 40, seed=0)
+        assert ravel_pytree(p)[0].dtype == jnp.float64
+        assert float(sim.loss_at(p)) == pytest.approx(float(ds.loss.sel(step=40, seed=0)), rel=1e-12)
