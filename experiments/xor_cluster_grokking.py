@@ -201,9 +201,9 @@ def figures(ds, config: dict, out_dir) -> list[str]:
     by_lr = ds.sel(init_scale=config["claim_init_scale"])
     by_init = ds.sel(lr=config["claim_lr"])
     return [plot.panels(f"{out_dir}/xor_grokking_lr.png", rows(by_lr, "lr"), hue="lr", logx=True,
-                        title=f"{head}, init_scale {config['claim_init_scale']:g}; dashed: Bayes 1 - eta"),
+                        title=f"{head}\ninit_scale {config['claim_init_scale']:g}; dashed: Bayes 1 - eta"),
             plot.panels(f"{out_dir}/xor_grokking_init.png", rows(by_init, "init_scale"), hue="init_scale", logx=True,
-                        title=f"{head}, lr {config['claim_lr']:g}; dashed: Bayes 1 - eta")]
+                        title=f"{head}\nlr {config['claim_lr']:g}; dashed: Bayes 1 - eta")]
 
 
 if __name__ == "__main__":
