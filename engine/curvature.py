@@ -404,6 +404,19 @@ def hutchinson_trace(loss_fn: Callable, params, key, samples: int = 16) -> tuple
     return quad.mean(), quad.std(ddof=1) / jnp.sqrt(samples)
 
 
+
+def hutchinson_frobenius(loss_fn: Callable, params, key, samples: int = 16) -> tuple[jax.Array, jax.Array]:
+    """||H||_F = sqrt(tr H^2), tr H^2 estimated as the mean of ||H z||^2 over `samples`
+    Rademacher vectors z (E z z^T = I, so E ||H z||^2 = tr H^2; Hutchinson 1989). Returns
+    (estimate, its standard error), the error by the delta method: se(tr H^2) / (2 ||H||_F).
+    One Hessian-vector product per sample."""
+    check_samples(samples)
+    flat, unravel = ravel_pytree(params)
+    z = jax.random.rademacher(key, (samples, flat.shape[0]), flat.dtype)
+    sq = jax.vmap(lambda zi: jnp.sum(jnp.square(ravel_pytree(hvp(loss_fn, params, unravel(zi)))[0])))(z)
+    est = jnp.sqrt(sq.mean())
+    return est, sq.std(ddof=1) / jnp.sqrt(samples) / (2 * est)
+
 # ----------------------------------------------------------------------------- spectral density
 class Quadrature(NamedTuple):
     """The spectral measure of H by stochastic Lanczos quadrature (`spectral_quadrature`).

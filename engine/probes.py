@@ -36,6 +36,7 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     directional_curvature                 g^T H g / g^T g, g the full gradient
     preconditioned_directional_curvature  (d^T H d)/(d^T P d), d = P^-1 g
     trace (+ trace_error)                 Hutchinson estimate of tr H
+    hessian_frobenius (+ _error)          Hutchinson estimate of ||H||_F = sqrt(tr H^2)
     spectral_density (+ spectrum_nodes, spectrum_weights, spectrum_radius)
                                           eigenvalue density of H by deflated stochastic Lanczos
                                           quadrature (Lin, Saad & Yang 2016; Ghorbani et al. 2019)
@@ -601,6 +602,22 @@ def trace(samples: int = 16, examples: int | None = None) -> Probe:
     return Probe("trace", measure, {"trace": (), "trace_error": ()})
 
 
+
+def hessian_frobenius(samples: int = 16, examples: int | None = None) -> Probe:
+    """Hutchinson estimate of ||H||_F = sqrt(tr H^2) (`hessian_frobenius`, from the mean
+    of ||H z||^2 over `samples` Rademacher z) and its standard error
+    (`hessian_frobenius_error`); the sharpness SGD's linear stability bounds for square
+    loss, ||H||_F <= O(sqrt(B)/eta) (Wu, Wang & Su 2022)."""
+    curvature.check_samples(samples, prefix="probes.")
+    _check_examples(examples)
+
+    def measure(snap, state):
+        est, err = curvature.hutchinson_frobenius(_loss_on(snap, examples), snap.params,
+                                                  _key(snap, "hessian_frobenius"), samples)
+        return {"hessian_frobenius": est, "hessian_frobenius_error": err}, state
+
+    return Probe("hessian_frobenius", measure, {"hessian_frobenius": (), "hessian_frobenius_error": ()})
+
 RELATIVE_SPAN = 1.1  # a relative grid spans +- 1.1 spectrum_radius: the extreme nodes' Gaussians fit
 
 
@@ -919,6 +936,7 @@ BUILTIN = {
     "directional_curvature": directional_curvature,
     "preconditioned_directional_curvature": lambda: directional_curvature(preconditioned=True),
     "trace": trace,
+    "hessian_frobenius": hessian_frobenius,
     "spectral_density": spectral_density,
     "hessian_extremes": hessian_extremes,
     "batch_sharpness": batch_sharpness,

@@ -475,3 +475,17 @@ def test_gradient_noise_runs_inside_minibatch_sgd():
     for name in ("gradient_noise", "gradient_noise_error", "non_uniformity"):
         assert traj[name].shape == (3,) and np.all(np.isfinite(traj[name])) and np.all(traj[name] > 0), name
     assert np.all(traj["non_uniformity_residual"] < 1e-2)  # warm-started solves converge too
+
+
+def test_hutchinson_frobenius_within_its_error_bar(x64):
+    """||H||_F from 400 Rademacher ||Hz||^2 within 4 standard errors of the dense
+    sqrt(sum H_ij^2), and the probe records the same estimate on the full training loss."""
+    loss_fn, params, H = problem()
+    est, err = curvature.hutchinson_frobenius(loss_fn, params, jax.random.key(7), samples=400)
+    exact = float(jnp.sqrt(jnp.sum(H ** 2)))
+    assert abs(float(est) - exact) < 4 * float(err) and float(err) < 0.1 * exact
+    model = models.mlp((1, 8, 1), "tanh")
+    sim = simulate.simulation(model, data.chebyshev(3, 20), "mse", optim.gd(lr=0.1), steps=10, every=10,
+                              probes=("loss", probes.hessian_frobenius(samples=4)))
+    traj = jax.jit(sim.run)(jax.random.key(0))
+    assert traj["hessian_frobenius"].shape == (2,) and np.all(traj["hessian_frobenius_error"] > 0)
