@@ -404,7 +404,6 @@ def hutchinson_trace(loss_fn: Callable, params, key, samples: int = 16) -> tuple
     return quad.mean(), quad.std(ddof=1) / jnp.sqrt(samples)
 
 
-
 def hutchinson_frobenius(loss_fn: Callable, params, key, samples: int = 16) -> tuple[jax.Array, jax.Array]:
     """||H||_F = sqrt(tr H^2), tr H^2 estimated as the mean of ||H z||^2 over `samples`
     Rademacher vectors z (E z z^T = I, so E ||H z||^2 = tr H^2; Hutchinson 1989). Returns
@@ -416,6 +415,7 @@ def hutchinson_frobenius(loss_fn: Callable, params, key, samples: int = 16) -> t
     sq = jax.vmap(lambda zi: jnp.sum(jnp.square(ravel_pytree(hvp(loss_fn, params, unravel(zi)))[0])))(z)
     est = jnp.sqrt(sq.mean())
     return est, sq.std(ddof=1) / jnp.sqrt(samples) / (2 * est)
+
 
 # ----------------------------------------------------------------------------- spectral density
 class Quadrature(NamedTuple):

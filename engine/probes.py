@@ -602,7 +602,6 @@ def trace(samples: int = 16, examples: int | None = None) -> Probe:
     return Probe("trace", measure, {"trace": (), "trace_error": ()})
 
 
-
 def hessian_frobenius(samples: int = 16, examples: int | None = None) -> Probe:
     """Hutchinson estimate of ||H||_F = sqrt(tr H^2) (`hessian_frobenius`, from the mean
     of ||H z||^2 over `samples` Rademacher z) and its standard error
@@ -617,6 +616,7 @@ def hessian_frobenius(samples: int = 16, examples: int | None = None) -> Probe:
         return {"hessian_frobenius": est, "hessian_frobenius_error": err}, state
 
     return Probe("hessian_frobenius", measure, {"hessian_frobenius": (), "hessian_frobenius_error": ()})
+
 
 RELATIVE_SPAN = 1.1  # a relative grid spans +- 1.1 spectrum_radius: the extreme nodes' Gaussians fit
 
