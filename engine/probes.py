@@ -589,17 +589,22 @@ def directional_curvature(examples: int | None = None, preconditioned: bool = Fa
     return scalar(name, fn, needs={"preconditioner"} if preconditioned else ())
 
 
-def trace(samples: int = 16, examples: int | None = None) -> Probe:
-    """Hutchinson estimate of tr H (`trace`) and its standard error (`trace_error`)."""
+def _hutchinson_probe(name: str, estimator: Callable, samples: int, examples: int | None) -> Probe:
+    """A probe recording `estimator(loss, params, key, samples)` -> (estimate, standard
+    error) as `name` and `name`_error."""
     curvature.check_samples(samples, prefix="probes.")
     _check_examples(examples)
 
     def measure(snap, state):
-        est, err = curvature.hutchinson_trace(_loss_on(snap, examples), snap.params,
-                                              _key(snap, "trace"), samples)
-        return {"trace": est, "trace_error": err}, state
+        est, err = estimator(_loss_on(snap, examples), snap.params, _key(snap, name), samples)
+        return {name: est, f"{name}_error": err}, state
 
-    return Probe("trace", measure, {"trace": (), "trace_error": ()})
+    return Probe(name, measure, {name: (), f"{name}_error": ()})
+
+
+def trace(samples: int = 16, examples: int | None = None) -> Probe:
+    """Hutchinson estimate of tr H (`trace`) and its standard error (`trace_error`)."""
+    return _hutchinson_probe("trace", curvature.hutchinson_trace, samples, examples)
 
 
 def hessian_frobenius(samples: int = 16, examples: int | None = None) -> Probe:
@@ -607,15 +612,7 @@ def hessian_frobenius(samples: int = 16, examples: int | None = None) -> Probe:
     of ||H z||^2 over `samples` Rademacher z) and its standard error
     (`hessian_frobenius_error`); the sharpness SGD's linear stability bounds for square
     loss, ||H||_F <= O(sqrt(B)/eta) (Wu, Wang & Su 2022)."""
-    curvature.check_samples(samples, prefix="probes.")
-    _check_examples(examples)
-
-    def measure(snap, state):
-        est, err = curvature.hutchinson_frobenius(_loss_on(snap, examples), snap.params,
-                                                  _key(snap, "hessian_frobenius"), samples)
-        return {"hessian_frobenius": est, "hessian_frobenius_error": err}, state
-
-    return Probe("hessian_frobenius", measure, {"hessian_frobenius": (), "hessian_frobenius_error": ()})
+    return _hutchinson_probe("hessian_frobenius", curvature.hutchinson_frobenius, samples, examples)
 
 
 RELATIVE_SPAN = 1.1  # a relative grid spans +- 1.1 spectrum_radius: the extreme nodes' Gaussians fit
