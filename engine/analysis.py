@@ -262,6 +262,28 @@ def first_time(hit: xr.DataArray, dim: str = "step") -> xr.DataArray:
     return hit[dim].broadcast_like(hit).isel({dim: hit.argmax(dim)}).drop_vars(dim).where(hit.any(dim))
 
 
+def settled_time(below: xr.DataArray, dim: str = "step") -> xr.DataArray:
+    """The `dim` coordinate from which `below` stays True to the end (NaN if it is
+    False at the end): e.g. the step from which an error stays under a tolerance."""
+    after = below.isel({dim: slice(None, None, -1)}).cumprod(dim).isel({dim: slice(None, None, -1)}).astype(bool)
+    return first_time(after, dim)
+
+
+def crossing_time(da: xr.DataArray, level, dim: str = "step") -> xr.DataArray:
+    """The `dim` coordinate, linearly interpolated between records, at which `da` first
+    reaches `level` (a number or a DataArray over da's other dims) from below; NaN if
+    it never does or already starts there."""
+    hit = da >= level
+    i = hit.argmax(dim)
+    ok = hit.any(dim) & (i > 0)
+    prev = i.where(ok, 1) - 1
+    t = da[dim].astype(float)
+    y0, y1 = da.isel({dim: prev}), da.isel({dim: prev + 1})
+    t0, t1 = t.isel({dim: prev}), t.isel({dim: prev + 1})
+    out = t0 + (level - y0) / (y1 - y0) * (t1 - t0)
+    return out.drop_vars(dim, errors="ignore").where(ok)
+
+
 def at_first(da: xr.DataArray, hit: xr.DataArray, dim: str = "step") -> xr.DataArray:
     """`da` at the first `dim` where `hit` is True (NaN where it never is)."""
     return da.broadcast_like(hit).isel({dim: hit.argmax(dim)}).drop_vars(dim).where(hit.any(dim))

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import POSITIVE, Range, require
 
 NAME = "deep_linear"
@@ -172,21 +172,6 @@ def theory(ds, config: dict) -> xr.DataArray:
                         coords={"u0": ds.u0, "mode": ds.mode, "step": ds.step}, dims=("u0", "mode", "step"))
 
 
-def crossing(a: xr.DataArray, level: xr.DataArray) -> xr.DataArray:
-    """The (linearly interpolated) record step at which `a` first reaches `level`: a's dims without step."""
-    a = a.transpose(..., "step")
-    values, steps = a.values, a.step.values.astype(float)
-    lv = xr.broadcast(level, a.isel(step=0, drop=True))[0].transpose(*a.dims[:-1]).values
-    out = np.full(values.shape[:-1], np.nan)
-    for idx in np.ndindex(values.shape[:-1]):
-        above = np.flatnonzero(values[idx] >= lv[idx])
-        if above.size and above[0] > 0:
-            i = above[0]
-            y0, y1 = values[idx][i - 1], values[idx][i]
-            out[idx] = steps[i - 1] + (lv[idx] - y0) / (y1 - y0) * (steps[i] - steps[i - 1])
-    return xr.DataArray(out, coords={d: a[d] for d in a.dims[:-1]}, dims=a.dims[:-1])
-
-
 def summarize(ds, config: dict) -> dict:
     lr = config["lr"]
     s = ds.singular_value
@@ -196,11 +181,11 @@ def summarize(ds, config: dict) -> dict:
     gd_error = (abs(ds.mode_strength - exact) / s).max("step")
     bound = xr.DataArray(discretization(s.values[None, :], ds.u0.values[:, None], lr) / s.values + 1e-3,
                          coords={"u0": ds.u0, "mode": ds.mode}, dims=("u0", "mode"))
-    t_half = crossing(ds.mode_strength, s / 2) * lr
+    t_half = analysis.crossing_time(ds.mode_strength, s / 2) * lr
     predicted = xr.DataArray(half_time(s.values[None, :], ds.u0.values[:, None]),
                              coords={"u0": ds.u0, "mode": ds.mode}, dims=("u0", "mode"))
     rel = abs(t_half - predicted) / predicted
-    random_half = crossing(ds.random_mode_strength, s / 2) * lr  # [seed, mode]
+    random_half = analysis.crossing_time(ds.random_mode_strength, s / 2) * lr  # [seed, mode]
     ordered = bool(np.all(np.diff(random_half.transpose("seed", "mode").values, axis=-1) > 0))
     return {
         "max_error_against_gd_map_over_s": float(gd_error.max()),

@@ -44,7 +44,7 @@ import sys
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, models, optim, plot, schedules, simulate, sweep
+from engine import analysis, data, experiment, models, optim, plot, schedules, simulate, sweep
 from engine.errors import FRACTION, POSITIVE, Range, require
 
 NAME = "grokking"
@@ -89,19 +89,11 @@ def run_sweep(config: dict, **options):
     return sweep.sweep(build(config), grid=grid, seeds=config["seeds"], **options)
 
 
-def first_step(da: xr.DataArray, level: float) -> xr.DataArray:
-    """The first record step at which `da` >= level (NaN if never): da's dims without step."""
-    above = (da >= level).values
-    steps = da.step.values.astype(float)
-    first = np.where(above.any(-1), steps[np.argmax(above, -1)], np.nan)
-    return xr.DataArray(first, coords={d: da[d] for d in da.dims[:-1]}, dims=da.dims[:-1])
-
-
 def milestones(ds) -> xr.Dataset:
     """t_train, t_half, t_test; the peak weight norm before t_half and the norm at t_test."""
     order = lambda da: da.transpose(..., "step")
-    t_train = first_step(order(ds.accuracy), 0.99)
-    t_half, t_test = (first_step(order(ds.test_accuracy), level) for level in (0.5, 0.95))
+    t_train = analysis.first_time(order(ds.accuracy) >= 0.99)
+    t_half, t_test = (analysis.first_time(order(ds.test_accuracy) >= level) for level in (0.5, 0.95))
     norm = order(ds.param_norm)
     steps = xr.DataArray(ds.step.values, dims="step", coords={"step": ds.step})
     peak = norm.where(steps < t_half.fillna(np.inf)).max("step")

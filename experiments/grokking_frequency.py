@@ -84,9 +84,9 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, optim, plot, probes, schedules, simulate, sweep
+from engine import analysis, data, experiment, optim, plot, probes, schedules, simulate, sweep
 from engine.errors import FRACTION, POSITIVE, Range, require
-from experiments.grokking import first_step, network
+from experiments.grokking import network
 
 NAME = "grokking_frequency"
 PRESETS = {
@@ -178,15 +178,8 @@ def relative_errors(ds) -> xr.Dataset:
 
 
 def settled_step(err: xr.DataArray, tol) -> xr.DataArray:
-    """The first record step from which `err` stays below `tol` (a number, or a
-    DataArray over err's other dims; NaN if it never does): err's dims without step."""
-    err = err.transpose(..., "step")
-    above = (err >= tol).transpose(*err.dims).values
-    steps = err.step.values.astype(float)
-    n = steps.size
-    last_above = np.where(above.any(-1), n - 1 - np.argmax(above[..., ::-1], -1), -1)
-    first = np.where(last_above + 1 < n, steps[np.minimum(last_above + 1, n - 1)], np.nan)
-    return xr.DataArray(first, coords={d: err[d] for d in err.dims[:-1]}, dims=err.dims[:-1])
+    """The first record step from which `err` stays below `tol` (NaN if it never does)."""
+    return analysis.settled_time(err < tol)
 
 
 def off_target_power(ds) -> xr.DataArray:
@@ -234,8 +227,8 @@ def measures(ds, config: dict) -> xr.Dataset:
         "off_target_power_final": power.isel(step=-1, drop=True),
         "logit_target_share_final": share.sum("frequency") - share.sel(frequency=0, drop=True),
         "logit_share_final": share,
-        "t_train": first_step(ds.accuracy.transpose(..., "step"), 0.99),
-        "t_test": first_step(ds.test_accuracy.transpose(..., "step"), 0.95),
+        "t_train": analysis.first_time(ds.accuracy >= 0.99),
+        "t_test": analysis.first_time(ds.test_accuracy >= 0.95),
         "final_test_accuracy": ds.test_accuracy.isel(step=-1, drop=True)})
 
 

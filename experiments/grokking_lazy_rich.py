@@ -82,7 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, init, models, optim, plot, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, simulate, sweep
 from engine.errors import COUNT, FRACTION, POSITIVE, Range, require
 
 NAME = "grokking_lazy_rich"
@@ -168,19 +168,10 @@ def run_sweep(config: dict, **options):
     return ds.drop_vars(["params_snapshot", "snapshot_step"]).assign(kernel_test_loss=level)
 
 
-def first_step(da: xr.DataArray, below) -> xr.DataArray:
-    """The first record step at which `da` <= below (NaN if never): da's dims without step."""
-    hit = (da <= below).transpose(..., "step").values
-    steps = da.step.values.astype(float)
-    first = np.where(hit.any(-1), steps[np.argmax(hit, -1)], np.nan)
-    dims = [dim for dim in da.transpose(..., "step").dims if dim != "step"]
-    return xr.DataArray(first, coords={k: da[k] for k in dims}, dims=dims)
-
-
 def milestones(ds, config: dict) -> xr.Dataset:
     level = ds.kernel_test_loss
-    t_train = first_step(ds.loss, config["train_fit"] * ds.loss.isel(step=0, drop=True))
-    t_test = first_step(ds.test_loss, config["generalized"] * level)
+    t_train = analysis.first_time(ds.loss <= config["train_fit"] * ds.loss.isel(step=0, drop=True))
+    t_test = analysis.first_time(ds.test_loss <= config["generalized"] * level)
     at_fit = ds.test_loss.sel(step=t_train.fillna(ds.step[-1])).drop_vars("step")
     return xr.Dataset({"t_train": t_train, "t_test": t_test, "delay": t_test - t_train,
                        "test_over_kernel_at_t_train": (at_fit / level).where(t_train.notnull()),

@@ -62,9 +62,8 @@ import sys
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import BETA, FRACTION, POSITIVE, Range, require
-from experiments.grokking import first_step
 
 NAME = "grokking_numerical_stability"
 # variant -> (loss, orthogonal gradient, the float type its softmax is computed in)
@@ -112,12 +111,13 @@ def milestones(ds) -> xr.Dataset:
     collapse step (>= half the training pairs collapsed), the test accuracy gained from
     the collapse step to the end (NaN without collapse), final and best test accuracy."""
     order = lambda da: da.transpose(..., "step")
-    collapse = first_step(order(ds.softmax_collapse), 0.5)
+    collapse = analysis.first_time(order(ds.softmax_collapse) >= 0.5)
     steps = xr.DataArray(ds.step.values, dims="step", coords={"step": ds.step})
     test = order(ds.test_accuracy)
     at_collapse = test.where(steps == collapse).max("step")
     gain = test.where(steps >= collapse).max("step") - at_collapse
-    return xr.Dataset({"t_train": first_step(order(ds.accuracy), 0.99), "t_test": first_step(test, 0.9),
+    return xr.Dataset({"t_train": analysis.first_time(order(ds.accuracy) >= 0.99),
+                       "t_test": analysis.first_time(test >= 0.9),
                        "collapse_step": collapse, "gain_after_collapse": gain.where(np.isfinite(collapse)),
                        "final_test_accuracy": test.isel(step=-1), "best_test_accuracy": test.max("step"),
                        "final_collapsed": order(ds.softmax_collapse).isel(step=-1),

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import COUNT, POSITIVE, Range, require
 
 NAME = "xor_cluster_grokking"
@@ -139,18 +139,11 @@ def run_sweep(config: dict, **options):
                        seeds=config["seeds"], **options)
 
 
-def first_step(da: xr.DataArray, level: float) -> xr.DataArray:
-    """The first step at which `da` >= level (NaN if never); da's dims without step."""
-    da = da.transpose(..., "step")
-    above = (da >= level).values
-    first = np.where(above.any(-1), da.step.values.astype(float)[np.argmax(above, -1)], np.nan)
-    return xr.DataArray(first, coords={k: da[k] for k in da.dims[:-1]}, dims=da.dims[:-1])
-
-
 def milestones(ds, config: dict) -> xr.Dataset:
     at = lambda da, step: da.sel(step=step, drop=True)
     level = 1 - config["label_noise"] - config["tolerance"]
-    return xr.Dataset({"t_fit": first_step(ds.accuracy, 1.0), "t_gen": first_step(ds.test_accuracy, level),
+    return xr.Dataset({"t_fit": analysis.first_time(ds.accuracy >= 1.0),
+                       "t_gen": analysis.first_time(ds.test_accuracy >= level),
                        "test_accuracy_step1": at(ds.test_accuracy, 1), "train_accuracy_step1": at(ds.accuracy, 1),
                        "final_test_accuracy": ds.test_accuracy.isel(step=-1, drop=True),
                        "final_train_accuracy": ds.accuracy.isel(step=-1, drop=True),
