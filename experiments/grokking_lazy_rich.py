@@ -82,7 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import analysis, data, experiment, init, models, optim, plot, simulate, sweep
+from engine import analysis, data, experiment, init, kernel, models, optim, plot, simulate, sweep
 from engine.errors import COUNT, FRACTION, POSITIVE, Range, require
 
 NAME = "grokking_lazy_rich"
@@ -150,8 +150,8 @@ def kernel_test_loss(config: dict, params, d: data.Dataset) -> jax.Array:
     """Test loss (0.5 mean_n sum_outputs squared error) of ridgeless kernel regression
     with `initial_ntk` at `params` on the training set (minimum-norm solution)."""
     x, y, xt, yt = (jnp.asarray(v) for v in (d.x, d.y, d.x_test, d.y_test))
-    coef = jnp.linalg.lstsq(initial_ntk(config, params, x, x), y)[0]
-    return 0.5 * jnp.mean(jnp.sum((initial_ntk(config, params, xt, x) @ coef - yt) ** 2, axis=-1))
+    predicted = kernel.ridgeless_predict(initial_ntk(config, params, x, x), initial_ntk(config, params, xt, x), y)
+    return 0.5 * jnp.mean(jnp.sum((predicted - yt) ** 2, axis=-1))
 
 
 def run_sweep(config: dict, **options):

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, kernel, models, optim, plot, probes, simulate, sweep
 from engine.errors import FRACTION, Range, require
 
 NAME = "theta_lazy"
@@ -117,14 +117,8 @@ def run_sweep(config: dict, **options):
 def kernel_prediction(ds, config: dict) -> xr.DataArray:
     """L_lin(t) for every run: GD on the model linearized at its theta_0 (the NTK K0
     recorded at step 0, `ntk`), with the run's own step sizes: [..., step]."""
-    n, every = config["n"], config["every"]
-
-    def one(K, r0, lrs):
-        def interval(r, lr):
-            r = jax.lax.fori_loop(0, every, lambda _, r: r - lr / n * (K @ r), r)
-            return r, 0.5 * jnp.mean(r ** 2)
-        return jnp.concatenate([0.5 * jnp.mean(r0 ** 2)[None], jax.lax.scan(interval, r0, lrs)[1]])
-
+    n = config["n"]
+    one = lambda K, r0, lrs: kernel.linearized_losses(K, r0, lrs, config["every"])
     K = ds.ntk.isel(step=0)
     r0 = ds.prediction.isel(step=0, output=0) - xr.DataArray(circle(n, config["frequency"]).y[:, 0], dims="example")
     lrs = ds.lr.isel(step=slice(0, -1))
