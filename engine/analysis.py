@@ -27,6 +27,25 @@ def log_log_slope(da: xr.DataArray, dim: str) -> xr.DataArray:
     return xr.apply_ufunc(slope, da, input_core_dims=[[dim]], vectorize=True)
 
 
+def power_law_fit(y: np.ndarray, *xs: np.ndarray) -> dict:
+    """y = A prod_k x_k^a_k, fitted as log y = log A + sum_k a_k log x_k by least squares
+    over the finite points (y, x_k: [points]): the exponents, their standard errors, the
+    prefactor A and R^2 (None where there are no more points than coefficients). E.g.
+    the maximal learning rate against depth x width (Iyer, Hanin & Rolnick 2023)."""
+    ok = np.isfinite(y)
+    X = np.column_stack([np.ones(ok.sum()), *[np.log(x[ok]) for x in xs]])
+    t = np.log(y[ok])
+    if len(t) <= X.shape[1]:
+        return {"exponents": None, "stderr": None, "prefactor": None, "r2": None, "points": int(ok.sum())}
+    coef, *_ = np.linalg.lstsq(X, t, rcond=None)
+    resid = t - X @ coef
+    cov = resid @ resid / (len(t) - X.shape[1]) * np.linalg.pinv(X.T @ X)
+    r2 = 1 - resid @ resid / max(((t - t.mean()) ** 2).sum(), 1e-300)
+    return {"exponents": [round(float(a), 4) for a in coef[1:]],
+            "stderr": [round(float(e), 4) for e in np.sqrt(np.diag(cov))[1:]],
+            "prefactor": float(np.exp(coef[0])), "r2": round(float(r2), 4), "points": int(ok.sum())}
+
+
 def regime_of_slope(s_w: xr.DataArray, band: float) -> xr.DataArray:
     """Regime from the width slope S of a relative change (Luo et al. 2021): "linear"
     (S < -band, the weights move less the wider the net), "condensed" (S > band), else

@@ -57,7 +57,7 @@ import optax
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
-from engine import data, experiment, init, models, optim, plot, probes, simulate, sweep
+from engine import analysis, data, experiment, init, models, optim, plot, probes, simulate, sweep
 from engine.errors import COUNT, FRACTION, POSITIVE, Range, require
 from engine.probes import Probe
 
@@ -161,23 +161,6 @@ def eta_star(ds, crit) -> xr.DataArray:
     return (crit.c_max / initial_sharpness(ds)).median("seed")
 
 
-def power_fit(y: np.ndarray, *xs: np.ndarray) -> dict:
-    """log y = a0 + sum_k a_k log x_k by least squares over the finite points: the
-    exponents, their standard errors and R^2."""
-    ok = np.isfinite(y)
-    X = np.column_stack([np.ones(ok.sum()), *[np.log(x[ok]) for x in xs]])
-    t = np.log(y[ok])
-    if len(t) <= X.shape[1]:
-        return {"exponents": None, "stderr": None, "prefactor": None, "r2": None, "points": int(ok.sum())}
-    coef, *_ = np.linalg.lstsq(X, t, rcond=None)
-    resid = t - X @ coef
-    cov = resid @ resid / (len(t) - X.shape[1]) * np.linalg.pinv(X.T @ X)
-    r2 = 1 - resid @ resid / max(((t - t.mean()) ** 2).sum(), 1e-300)
-    return {"exponents": [round(float(a), 4) for a in coef[1:]],
-            "stderr": [round(float(e), 4) for e in np.sqrt(np.diag(cov))[1:]],
-            "prefactor": float(np.exp(coef[0])), "r2": round(float(r2), 4), "points": int(ok.sum())}
-
-
 def _value(x):
     v = float(x)
     return None if np.isnan(v) else round(v, 4)
@@ -206,7 +189,7 @@ def summarize(ds, config: dict) -> dict:
     small, large = rows[names[0]], rows[names[-1]]
     eta = np.array([r["eta_star"] if r["eta_star"] is not None else np.nan for r in rows.values()])
     d, w = (np.array([r[k] for r in rows.values()], float) for k in ("depth", "width"))
-    fit_dw, fit_prod = power_fit(eta, d, w), power_fit(eta, d * w)
+    fit_dw, fit_prod = analysis.power_law_fit(eta, d, w), analysis.power_law_fit(eta, d * w)
     ratio = lambda r: None if None in (r["c_sharp"], r["c_loss"]) else r["c_loss"] / r["c_sharp"]
     claims = {
         f"smallest d/w ({names[0]}): c_loss in {list(CLAIM_C_LOSS)}":
