@@ -18,3 +18,13 @@ def test_first_settled_and_interpolated_times():
     np.testing.assert_allclose(analysis.crossing_time(da, 0.5).values, [17.5, np.nan, np.nan])
     level = xr.DataArray([0.4, 0.05, 0.8], dims="run")
     np.testing.assert_allclose(analysis.crossing_time(da, level).values, [15.0, 5.0, 10.0])
+
+
+def test_power_law_fit_recovers_exponents():
+    rng = np.random.default_rng(0)
+    d, w = rng.uniform(1, 10, 20), rng.uniform(10, 1000, 20)
+    y = 3.0 * d ** -0.5 * w ** -1.0 * np.exp(0.01 * rng.standard_normal(20))
+    fit = analysis.power_law_fit(y, d, w)
+    np.testing.assert_allclose(fit["exponents"], [-0.5, -1.0], atol=0.02)
+    assert fit["r2"] > 0.999 and abs(fit["prefactor"] - 3.0) < 0.1
+    assert analysis.power_law_fit(y[:2], d[:2], w[:2])["exponents"] is None
