@@ -50,6 +50,16 @@ def train_flops_per_step(sim: simulate.Simulation) -> float:
     return 6.0 * sim.data.n * sum(a * b for a, b in sim.config["layer_shapes"])
 
 
+def xla_gradient_flops(model, x, y, loss_fn) -> float:
+    """XLA's flop count of one full-batch gradient of `loss_fn(model.apply(params, x), y)`:
+    the training step's arithmetic for a network the dense formula cannot count (a
+    transformer's attention, a CNN's convolutions)."""
+    params = model.init(jax.random.key(0))
+    grad = jax.jit(jax.grad(lambda p: loss_fn(model.apply(p, x), y)))
+    c = grad.lower(params).compile().cost_analysis()
+    return float((c[0] if isinstance(c, list) else c)["flops"])
+
+
 def measured(workload, runs, steps, requested, picked, rate, baseline, base_rate, peak, compile_s,
              flops_per_step=0.0, memory_mb=None, **fields) -> Record:
     """One result. peak_memory_mb: XLA's buffer assignment of the sweep's compiled
@@ -89,11 +99,14 @@ def hvps_per_warm_probe(ds) -> float | None:
 
 
 def engine_record(workload, sim, grid, seeds, strategy, peak, baseline, baseline_rate, map_batch=None,
-                  **fields) -> Record:
-    """Run the sweep and compare its run-steps/s with `baseline_rate`."""
+                  flops_per_step=None, **fields) -> Record:
+    """Run the sweep and compare its run-steps/s with `baseline_rate`; flops_per_step:
+    a training step's flops, when the dense formula (`train_flops_per_step`) does not
+    apply."""
     ds = sweep.sweep(sim, grid=grid, seeds=seeds, strategy=strategy, map_batch=map_batch, progress=False)
     plan = sweep.config_of(ds)["plans"][0]
     runs = ds.sizes["seed"] * int(np.prod([len(v) for v in grid.values()]))
     return measured(workload, runs, sim.steps, strategy, picked(plan), runs * sim.steps / plan["seconds"]["run"],
-                    baseline, baseline_rate, peak, plan["seconds"]["compile"], train_flops_per_step(sim),
+                    baseline, baseline_rate, peak, plan["seconds"]["compile"],
+                    train_flops_per_step(sim) if flops_per_step is None else flops_per_step,
                     memory_mb=plan_memory_mb(plan), hvps_per_warm_probe=hvps_per_warm_probe(ds), **fields)
