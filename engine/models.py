@@ -85,9 +85,13 @@ def activation_function(name: str) -> Callable:
 def dropout(h, rate, key):
     """Inverted dropout: each entry of h kept with probability 1 - rate and scaled by
     1 / (1 - rate), else zero, so E[dropout(h)] = h. rate: traced scalar in [0, 1); at
-    rate 0 every entry is kept and divided by 1.0, i.e. h bit for bit."""
+    rate 0 every entry is kept and multiplied by 1.0, i.e. h bit for bit. The scale is
+    one scalar division, then a product: an elementwise division was compiled
+    differently (and rounded differently) with the number of devices, so a run on 8
+    simulated devices drifted from the same run on one."""
     keep = jax.random.uniform(key, h.shape, h.dtype) >= rate
-    return jnp.where(keep, h / (1.0 - rate), jnp.zeros((), h.dtype))
+    scale = (1.0 / (1.0 - jnp.asarray(rate))).astype(h.dtype)
+    return jnp.where(keep, h * scale, jnp.zeros((), h.dtype))
 
 
 def dense(h, w):
