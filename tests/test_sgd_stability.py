@@ -21,8 +21,8 @@ EOSS = "EoSS: late batch sharpness within 10% of 2/eta (2 standard errors allowe
 def test_batch_sharpness_rises_to_two_over_eta_and_stays_there_on_random_labels(tmp_path):
     """The quick preset's one cell that trains, (B=32, eta=0.2), cut to 6000 steps: 1797
     digits with shuffled labels, the authors' network narrowed (64-256-256-10 ReLU, He x
-    0.2), one seed; ~45 s of CPU. Measured: batch sharpness 0.12 of 2/eta at step 0,
-    rising to the edge by step ~4500; over the last quarter (steps 4500-6000) 0.997 of
+    0.2), one seed; 38-90 s on 2 shared cores. Measured: batch sharpness 0.12 of 2/eta at
+    step 0, at the edge from step ~4300; over the last quarter (steps 4500-6000) 0.997 of
     2/eta, standard error 0.009: EoSS holds here. lambda_max there 0.98 of 2/eta, just
     below the edge; final loss 0.034 (from 0.50)."""
     summary = experiment.run(sgd, EDGE, tmp_path, progress=False)
