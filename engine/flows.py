@@ -325,8 +325,9 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         L = flat_loss(data)
         keys = jax.random.split(jax.random.fold_in(state.key, state.step), 3)
         v = velocity(state, data, state.central, state.U, state.X, keys[0], 1.0 / substeps)
-        s_d, v_d = top_eigenpair(L, state.discrete, state.v_discrete, keys[1], lanczos_iters)
-        s_s, v_s = top_eigenpair(L, state.stable, state.v_stable, keys[2], lanczos_iters)
+        # the GD run's and the stable flow's sharpness: one eigen-solve, vmapped over both
+        (s_d, s_s), (v_d, v_s) = jax.vmap(lambda w, v, key: top_eigenpair(L, w, v, key, lanczos_iters))(
+            jnp.stack([state.discrete, state.stable]), jnp.stack([state.v_discrete, state.v_stable]), keys[1:])
         X = v.sdcp.X
         rec = {"loss": v.loss, "predicted_loss": v.loss + 0.5 * jnp.sum(jnp.diag(X) * v.values),
                "oscillation_variance": jnp.trace(X), "sharpness": v.values[0], "eigenvalues": v.values,

@@ -33,7 +33,7 @@ def test_third_derivative_matches_the_gradient_of_the_dense_hessian(x64):
     (measured: ~1e-15); every pair of pair_gradients likewise, and the tensor is symmetric."""
     L, w = problem()
     U = jax.random.normal(jax.random.key(7), (3, w.shape[0]))
-    dense = lambda a, b: jax.jacfwd(lambda p: a @ jax.hessian(L)(p) @ b)(w)
+    dense = jax.jit(lambda a, b: jax.jacfwd(lambda p: a @ jax.hessian(L)(p) @ b)(w))
     np.testing.assert_allclose(flows.third_derivative(L, w, U[0], U[1]), dense(U[0], U[1]), rtol=1e-6, atol=1e-12)
     g = flows.pair_gradients(L, w, U)
     for i in range(3):
@@ -122,15 +122,15 @@ def test_one_unstable_eigenvalue_gives_the_closed_form(x64):
     the flow keeps the sharpness still: <grad S, dw/dt> ~ 0."""
     for seed in range(6):  # a point where the sharpness is rising (<-grad L, grad S> > 0)
         L, w = problem(seed)
-        H = np.asarray(jax.hessian(L)(w))
+        H = np.asarray(jax.jit(jax.hessian(L))(w))
         lam, V = np.linalg.eigh(H)
         u = jnp.asarray(V[:, -1])
-        grad_S = jax.grad(lambda p: u @ jax.hessian(L)(p) @ u)(w)
+        grad_S = jax.jit(jax.grad(lambda p: u @ jax.hessian(L)(p) @ u))(w)
         if float(jnp.vdot(-jax.grad(L)(w), grad_S)) > 0:
             break
     lr = 2.0 / lam[-1]
-    v = flows.central_velocity(L, w, lr, u[None], jnp.zeros((1, 1)), jax.random.key(0), 1e-3,
-                               lanczos_iters=w.shape[0], solver_iters=50)
+    v = jax.jit(lambda w: flows.central_velocity(L, w, lr, u[None], jnp.zeros((1, 1)), jax.random.key(0), 1e-3,
+                                                 lanczos_iters=w.shape[0], solver_iters=50))(w)
     np.testing.assert_allclose(v.values[0], lam[-1], rtol=1e-8)
     sigma2 = flows.single_sigma2(jax.grad(L)(w), grad_S)
     assert float(sigma2) > 0
