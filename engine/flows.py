@@ -240,16 +240,16 @@ def top_eigenpair(loss_fn: Callable, w, v_prev, key, iters: int):
 # ----------------------------------------------------------------------------- the run
 class FlowState(NamedTuple):
     """One run of the three trajectories; under a sweep every leaf has a leading [runs]
-    axis. central, discrete, stable: flat params [n]; U: [k, n] tracked eigenvectors of
-    the central flow; X: [k, k] its last SDCP solution (in U's basis); v_discrete,
+    axis. central, discrete, stable: flat params [n]; at: the central flow's `Velocity`
+    at `central` (its eigenvectors and X warm-start the next solve; the records read it,
+    so a program holds one copy of the solve); v_discrete,
     v_stable: [1, n] warm starts of the other two sharpness estimates; lr: eta;
     snapshots: None (the `simulate` contract); step: int32; key; diverged, converged:
     bool; diverged_step, converged_step: int32, -1 if never (converged stays False)."""
     central: jax.Array
     discrete: jax.Array
     stable: jax.Array
-    U: jax.Array
-    X: jax.Array
+    at: Velocity
     v_discrete: jax.Array
     v_stable: jax.Array
     lr: jax.Array
@@ -320,14 +320,14 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         return central_velocity(flat_loss(data), w, state.lr, U, X, key, dt, lanczos_iters, solver_iters, threshold)
 
     def measure(state, data):
-        """The records at the state's step; the central flow's eigenvectors and X are
-        refreshed here (they warm-start the next step)."""
+        """The records at the state's step: the central flow's from the velocity cached
+        at its point; the GD run's and the stable flow's sharpness by one eigen-solve,
+        vmapped over both."""
         L = flat_loss(data)
-        keys = jax.random.split(jax.random.fold_in(state.key, state.step), 3)
-        v = velocity(state, data, state.central, state.U, state.X, keys[0], 1.0 / substeps)
-        # the GD run's and the stable flow's sharpness: one eigen-solve, vmapped over both
+        keys = jax.random.split(jax.random.fold_in(state.key, state.step), 2)
+        v = state.at
         (s_d, s_s), (v_d, v_s) = jax.vmap(lambda w, v, key: top_eigenpair(L, w, v, key, lanczos_iters))(
-            jnp.stack([state.discrete, state.stable]), jnp.stack([state.v_discrete, state.v_stable]), keys[1:])
+            jnp.stack([state.discrete, state.stable]), jnp.stack([state.v_discrete, state.v_stable]), keys)
         X = v.sdcp.X
         rec = {"loss": v.loss, "predicted_loss": v.loss + 0.5 * jnp.sum(jnp.diag(X) * v.values),
                "oscillation_variance": jnp.trace(X), "sharpness": v.values[0], "eigenvalues": v.values,
@@ -339,7 +339,7 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
                "distance_stable": jnp.linalg.norm(state.discrete - state.stable)}
         dead = state.diverged & (state.diverged_step < state.step)
         rec = {name: jnp.where(dead, jnp.nan, value) for name, value in rec.items()}
-        return state._replace(U=v.vectors, X=X, v_discrete=v_d, v_stable=v_s), rec
+        return state._replace(v_discrete=v_d, v_stable=v_s), rec
 
     def step(state, data):
         """One GD step of the discrete run, and one step's worth of both flows."""
@@ -347,12 +347,12 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 7)
         dt = 1.0 / substeps
 
-        def sub(carry, i):
-            w, U, X = carry
-            v = velocity(state, data, w, U, X, jax.random.fold_in(key, i), dt)
-            return (w + dt * v.dw, v.vectors, v.sdcp.X), None
+        def sub(carry, i):  # an Euler substep, then the velocity at its end
+            w, at = carry
+            w = w + dt * at.dw
+            return (w, velocity(state, data, w, at.vectors, at.sdcp.X, jax.random.fold_in(key, i), dt)), None
 
-        (central, U, X), _ = jax.lax.scan(sub, (state.central, state.U, state.X), jnp.arange(substeps))
+        (central, at), _ = jax.lax.scan(sub, (state.central, state.at), jnp.arange(substeps))
         ds = 1.0 / stable_substeps
         stable = jax.lax.fori_loop(0, stable_substeps, lambda _, w: w - ds * state.lr * jax.grad(L)(w),
                                    state.stable)
@@ -361,10 +361,10 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         bad = ~(jnp.isfinite(L(central)) & jnp.isfinite(L(discrete)) & jnp.isfinite(L(stable))
                 & jnp.all(jnp.isfinite(central)))
         move = running & ~bad
-        keep = lambda new, old: jnp.where(move, new, old)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(move, a, b), new, old)
         diverging = running & bad
         return state._replace(central=keep(central, state.central), discrete=keep(discrete, state.discrete),
-                              stable=keep(stable, state.stable), U=keep(U, state.U), X=keep(X, state.X),
+                              stable=keep(stable, state.stable), at=keep(at, state.at),
                               step=jnp.minimum(state.step + 1, steps), diverged=state.diverged | diverging,
                               diverged_step=jnp.where(diverging, state.step, state.diverged_step))
 
@@ -377,13 +377,19 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         kU, kv = jax.random.split(jax.random.fold_in(k_run, 1))
         U0 = jax.random.normal(kU, (k, n), w0.dtype) / jnp.sqrt(n)  # Lanczos orthonormalizes it
         v0 = jax.random.normal(kv, (1, n), w0.dtype) / jnp.sqrt(n)
-        state = FlowState(w0, w0, w0, U0, jnp.zeros((k, k), w0.dtype), v0, v0, jnp.asarray(hp["lr"], w0.dtype),
-                          None, jnp.int32(0), k_run, jnp.bool_(False), jnp.int32(-1), jnp.bool_(False),
-                          jnp.int32(-1))
-        # a first solve settles the eigenvectors before the first record (one copy of
-        # `measure` in the program: a scan of two)
-        state, recs = jax.lax.scan(lambda s, _: measure(s, data), state, None, length=2)
-        return state, jax.tree.map(lambda r: r[-1], recs)
+        lr = jnp.asarray(hp["lr"], w0.dtype)
+
+        def solve(carry, i):  # twice at theta_0: the second settles the random start's eigenvectors
+            U, X = carry
+            at = central_velocity(flat_loss(data), w0, lr, U, X, jax.random.fold_in(kv, i), 1.0 / substeps,
+                                  lanczos_iters, solver_iters, threshold)
+            return (at.vectors, at.sdcp.X), at
+
+        _, ats = jax.lax.scan(solve, (U0, jnp.zeros((k, k), w0.dtype)), jnp.arange(2))
+        at = jax.tree.map(lambda a: a[-1], ats)
+        state = FlowState(w0, w0, w0, at, v0, v0, lr, None, jnp.int32(0), k_run, jnp.bool_(False), jnp.int32(-1),
+                          jnp.bool_(False), jnp.int32(-1))
+        return measure(state, data)
 
     def advance(state, data, intervals: int, start=0):
         def interval(state, _):
