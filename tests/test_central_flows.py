@@ -28,3 +28,16 @@ def test_the_central_flow_holds_the_edge_and_predicts_the_smoothed_loss(tmp_path
     assert ds.discrete_loss.sizes == {"seed": 1, "lr": 1, "step": 501} and not ds.diverged.any()
     for kind in ("loss", "sharpness", "distance"):
         assert (tmp_path / f"central_flows_{kind}.png").exists()
+
+
+def test_the_paper_preset_keeps_the_first_examples_of_the_first_four_classes(tmp_path):
+    """From the user's .npz (integer labels 0-9): the first n examples whose label is
+    below 4, flattened, with 4 one-hot targets."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 200)
+    np.savez(tmp_path / "c.npz", x_train=rng.normal(size=(200, 2, 2, 3)), y_train=labels)
+    config = {**central_flows.PRESETS["paper"], "data": str(tmp_path / "c.npz"), "n": 30}
+    d = central_flows.dataset(config)
+    assert d.x.shape == (30, 12) and d.y.shape == (30, 4)
+    np.testing.assert_array_equal(np.asarray(d.y).argmax(1), labels[labels < 4][:30])
