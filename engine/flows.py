@@ -162,7 +162,8 @@ def solve_sdcp(B, G, iters: int = 100, X0=None, mask=None) -> SDCPSolution:
     Q = S.T @ G.reshape(k * k, k * k) @ S
     Q = 0.5 * (Q + Q.T) * (ms[:, None] & ms[None, :])
     mu_top = jnp.max(jnp.abs(jnp.diag(Q)))
-    Q = Q + jnp.diag(jnp.where(ms, 0.0, jnp.maximum(mu_top, 1.0)))  # frozen coordinates: decoupled
+    # frozen coordinates: decoupled, at the largest live curvature (so they leave rho alone)
+    Q = Q + jnp.diag(jnp.where(ms, 0.0, jnp.where(mu_top > 0, mu_top, 1.0)))
     mu, V = _eigh(Q)
     top = jnp.maximum(mu[-1], jnp.finfo(dtype).tiny)
     rho = jnp.sqrt(top * jnp.maximum(mu[0], 1e-8 * top))

@@ -136,6 +136,14 @@ def test_one_unstable_eigenvalue_gives_the_closed_form(x64):
     assert float(sigma2) > 0
     np.testing.assert_allclose(v.sdcp.X[0, 0], sigma2, rtol=1e-6)
     assert abs(float(jnp.vdot(grad_S, v.dw))) < 1e-8 * float(jnp.linalg.norm(grad_S) * jnp.linalg.norm(v.dw))
+    # k = 2 with threshold 0.99: the second eigenvalue (below 0.99 * 2/eta) may not
+    # oscillate, so X is the same one-eigenvalue answer, padded with zeros
+    assert lr * lam[-2] < 2 * 0.99
+    U2 = jnp.asarray(V[:, [-1, -2]].T)
+    v2 = jax.jit(lambda w: flows.central_velocity(L, w, lr, U2, jnp.zeros((2, 2)), jax.random.key(0), 1e-3,
+                                                  lanczos_iters=w.shape[0], solver_iters=50, threshold=0.99))(w)
+    np.testing.assert_allclose(v2.sdcp.X[0, 0], sigma2, rtol=1e-6)
+    assert float(v2.sdcp.X[1, 1]) == 0 and float(v2.sdcp.X[0, 1]) == 0
 
 
 def small_flow(**kw):
