@@ -350,7 +350,41 @@ def grokking_sweep(quick: bool, peak: float) -> list[Record]:
     return out
 
 
+def central_flow_sweep(quick: bool, peak: float) -> list[Record]:
+    """The central flow for a sweep of runs (`engine.flows`): the reference's small
+    setting (swish MLP 8-16-16-1, 128 Gaussian points, squared error), seeds x 2 step
+    sizes, each run advancing GD, its stable flow (16 substeps) and its central flow
+    (4 substeps, k = 4, 50 SDCP iterations) and recording every step; against the same
+    sweep of discrete GD runs alone with the sharpness every step (Lanczos 20 cold / 10
+    warm). `speedup` < 1: what the central flow costs per GD step over a sharpness-probed
+    run."""
+    from engine import flows
+
+    def squared_error(y_pred, y):  # as experiments.central_flows: the reference's loss, no 1/2
+        return jnp.mean(jnp.sum(jnp.square(y_pred - y), axis=-1))
+    steps, seeds = (20, 1) if quick else (200, 4)
+    model = models.mlp((8, 16, 16, 1), "silu")
+    kx, ky = jax.random.split(jax.random.key(0))
+    d = data.Dataset(jax.random.normal(kx, (128, 8)), jax.random.normal(ky, (128, 1)))
+    grid = {"lr": [0.1, 0.15]}
+    runs = seeds * len(grid["lr"])
+    flow = flows.flow_simulation(model, d, squared_error, steps=steps, every=1, k=4, substeps=4, solver_iters=50)
+    gd = simulate.simulation(model, d, squared_error, optim.gd(), init.scaled(model), steps=steps, every=1,
+                             probes=("loss", probes.sharpness(iters=20, warm_iters=10)))
+    rates = {}
+    for tag, sim in (("central_flow", flow), ("gd_sharpness", gd)):
+        ds = sweep.sweep(sim, grid=grid, seeds=seeds, progress=False)
+        plan = sweep.config_of(ds)["plans"][0]
+        rates[tag] = (runs * steps / plan["seconds"]["run"], plan)
+    rate, plan = rates["central_flow"]
+    return [measured("central_flow", runs, steps, None, picked(plan), rate, "gd_sharpness_sweep",
+                     rates["gd_sharpness"][0], peak, plan["seconds"]["compile"], train_flops_per_step(flow),
+                     memory_mb=plan_memory_mb(plan), network="mlp_8-16-16-1_silu_gaussian", layers="8-16-16-1",
+                     probe="central_flow", every=1)]
+
+
 WORKLOADS = {"phase_sweep": phase_sweep, "digits_mlp": digits_mlp, "batching": batching,
              "hvp_cost": hvp_cost, "sharpness_overhead": sharpness_overhead,
              "adam_curvature": adam_curvature, "scaling": scaling, "schedule_cost": schedule_cost,
-             "cadence_cost": cadence_cost, "grokking_sweep": grokking_sweep}
+             "cadence_cost": cadence_cost, "grokking_sweep": grokking_sweep,
+             "central_flow_sweep": central_flow_sweep}
