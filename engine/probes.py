@@ -60,7 +60,7 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
     output_spectrum(grid_x, grid_shape)   |DFT over the input grid of f|^2 per frequency
   transformers (Zhang et al. 2024, anchor functions):
     attention_maps(model, x_probe)        attention weights on a fixed probe batch, dims
-                                          ("probe", "layer", "head", "query", "key"), or
+                                          ("probe", "block", "head", "query", "key"), or
                                           averaged over it (average=True)
     answer_kinds(x, candidates)           fractions of x answered with each candidate answer
                                           (or none of them), dims ("answer",); held_out_answers(table)
@@ -854,21 +854,26 @@ def neuron_weights(layer: str = "0", name: str = "neuron_weights") -> Probe:
 def attention_maps(model, x_probe, average: bool = False, name: str = "attention") -> Probe:
     """The attention weights of every block on a fixed probe batch x_probe [m, seq_len]
     (`model.attention`, e.g. `engine.models.transformer`): variable `name` with dims
-    ("probe", "layer", "head", "query", "key"), or with average=True their mean over the
-    probe batch, ("layer", "head", "query", "key"). Causal rows sum to 1 over the keys
+    ("probe", "block", "head", "query", "key"), or with average=True their mean over the
+    probe batch, ("block", "head", "query", "key"); "block" (with its index as coordinate,
+    so runs of several depths join, NaN past a run's depth) rather than "layer", which
+    names parameter groups elsewhere. Causal rows sum to 1 over the keys
     at or before the query. The deterministic network (no dropout)."""
     require(getattr(model, "attention", None) is not None, "probes", f"attention_maps needs a model that returns "
             f"its attention weights, {getattr(model, 'name', model)!r} does not", "use engine.models.transformer")
     x_probe = jnp.asarray(x_probe)
     require(x_probe.ndim == 2 and x_probe.shape[0] >= 1, "probes.x_probe", f"has shape {x_probe.shape}",
             "give a batch of token sequences [m, seq_len]")
-    dims = ("layer", "head", "query", "key")
+    shape = jax.eval_shape(lambda: model.attention(model.init(jax.random.key(0)), x_probe)).shape
+    dims = ("block", "head", "query", "key")  # "block", not "layer": that dim names parameter groups
+    coords = {d: list(range(n)) for d, n in zip(dims, shape[1:])}  # so sweeps over depth line up
 
     def fn(snap):
         a = model.attention(snap.params, x_probe)
         return a.mean(0) if average else a
 
-    return scalar(name, fn, dims=dims if average else ("probe", *dims))
+    dims = dims if average else ("probe", *dims)
+    return Probe(name, lambda snap, state: ({name: fn(snap)}, state), {name: dims}, coords=coords)
 
 
 def answer_kinds(x, candidates: dict, name: str = "answers") -> Probe:

@@ -29,7 +29,8 @@ Measured (from the saved arrays): the held-out answer fractions at the end of tr
 the training accuracy; attention maps of a fixed probe batch (`probe_count` training
 sequences) at every record; the query/key projections and MLP input weights of the first
 block (`neuron_weights`) whose orientation clusters (`analysis.condensation`, cosine >=
-0.95) measure condensation (the share of the units in the two largest clusters). Attention measures, per (layer, head), on the probe batch
+0.95) measure condensation (the share of the units in the two largest clusters).
+Attention measures, per (block, head), on the probe batch
 with the key at position p and the anchors at p+1, p+2 (A[i, j]: query i on key j):
 - shift: the mean of A[p+1, p] and A[p+2, p+1], each anchor's attention on the token just
   before it (the key moved onto the first anchor, the first anchor onto the second);
@@ -117,7 +118,7 @@ def fresh_sequences(config: dict):
 
 
 def build(config: dict):
-    """depth -> Simulation (a static axis: depth changes the parameter tree)."""
+    """depth -> Simulation (depth changes the parameter tree: one program each)."""
     table, d, probe_idx = task(config)
     x_fresh, y_fresh = fresh_sequences(config)
     require(config["batch_size"] <= d.n, "batch_size", f"{config['batch_size']} > {d.n} training sequences",
@@ -141,14 +142,22 @@ def build(config: dict):
 
 
 def run_sweep(config: dict, **options):
-    return sweep.sweep(build(config), grid={"gamma": [float(g) for g in config["gammas"]]},
-                       static={"depth": [int(d) for d in config["depths"]]}, seeds=config["seeds"], **options)
+    """One sweep (one program) per depth, joined on `depth`: the attention maps' `block`
+    dim differs in size between depths, which `sweep(static=...)`'s combine by coordinates
+    cannot align, so they are concatenated here (outer join: NaN past a run's depth)."""
+    at_depth, grid = build(config), {"gamma": [float(g) for g in config["gammas"]]}
+    parts = [sweep.sweep(at_depth(int(d)), grid=grid, seeds=config["seeds"], name=f"depth_{int(d)}", **options)
+             for d in config["depths"]]
+    ds = xr.concat([p.expand_dims(depth=[int(d)]) for p, d in zip(parts, config["depths"])], "depth", join="outer",
+                   combine_attrs="drop_conflicts")
+    return ds.transpose("seed", "depth", "gamma", "step", ...)
 
 
 def attention_measures(A: np.ndarray, position: np.ndarray) -> dict:
-    """shift and broadcast (module docstring) of attention maps A [..., probe, layer, head,
-    q, k], the key of probe sequence s at position[s]: {name: [..., layer, head]}."""
-    A = np.moveaxis(np.asarray(A, float), -5, 0)  # [probe, ..., layer, head, q, k]
+    """shift and broadcast (module docstring) of attention maps A [..., probe, block, head,
+    q, k], the key of probe sequence s at position[s]: {name: [..., block, head]} (NaN for
+    the blocks a shallower run lacks)."""
+    A = np.moveaxis(np.asarray(A, float), -5, 0)  # [probe, ..., block, head, q, k]
     L = A.shape[-1]
     shift = np.mean([(A[s, ..., p + 1, p] + A[s, ..., p + 2, p + 1]) / 2 for s, p in enumerate(position)], axis=0)
     late = [(s, p) for s, p in enumerate(position) if L - (p + 2) >= 2]
@@ -168,24 +177,24 @@ def measures(ds, config: dict) -> xr.Dataset:
     table, _, probe_idx = task(config)
     position = table.position[probe_idx]
     last = ds.isel(step=-1)
-    A = last.attention.transpose(..., "probe", "layer", "head", "query", "key")
+    A = last.attention.transpose(..., "probe", "block", "head", "query", "key")
     m = attention_measures(A.values, position)
-    rest = [d for d in A.dims if d not in ("probe", "layer", "head", "query", "key")]
+    rest = [d for d in A.dims if d not in ("probe", "block", "head", "query", "key")]
     coords = {d: A[d] for d in rest}
     kinds = last.held_out_answers
     out = xr.Dataset({"inferential": kinds.sel(held_out_answers_kind="inferential", drop=True),
                       "symmetric": kinds.sel(held_out_answers_kind="symmetric", drop=True),
                       "other": kinds.sel(held_out_answers_kind="other", drop=True), "accuracy": last.accuracy,
                       "fresh_accuracy": last.fresh_answers.sel(fresh_answers_kind="correct", drop=True),
-                      "shift": (rest, m["shift"].max((-2, -1))), "broadcast": (rest, m["broadcast"].max((-2, -1)))},
+                      "shift": (rest, np.nanmax(m["shift"], (-2, -1))),
+                      "broadcast": (rest, np.nanmax(m["broadcast"], (-2, -1)))},
                      coords=coords)
     P = len(position)
     flat = np.broadcast_to(uniform_attention(config["seq_len"]), (P, 1, 1, config["seq_len"], config["seq_len"]))
     base = attention_measures(flat, position)
     out.attrs.update({"uniform_shift": float(base["shift"].max()), "uniform_broadcast": float(base["broadcast"].max())})
-    q = analysis.condensation(last.w_query, 2, "w_query_neuron", "w_query_fan_in")
-    mlp = analysis.condensation(last.w_mlp, 2, "w_mlp_neuron", "w_mlp_fan_in")
-    out["query_top2_share"], out["mlp_top2_share"] = q.condensed_share, mlp.condensed_share
+    for w in ("query", "key", "mlp"):  # the share of units in the two largest orientation clusters
+        out[f"{w}_top2_share"] = analysis.condensation(last[f"w_{w}"], 2, f"w_{w}_neuron", f"w_{w}_fan_in").condensed_share
     return out
 
 
@@ -239,22 +248,22 @@ def figures(ds, config: dict, out_dir) -> list[str]:
             {"da": tr.held_out_answers.sel(held_out_answers_kind="symmetric"), "ylabel": "held-out:\nsymmetric"}]
     paths.append(plot.panels(f"{out_dir}/anchor_answers_over_training.png", rows, hue="gamma", logx=True,
                              title=f"Anchor composition, depth {depths[0]}: median over {ds.sizes['seed']} seeds"))
-    # attention maps of one probe sequence at the end: smallest and largest gamma, every layer and head
+    # attention maps of one probe sequence at the end: smallest and largest gamma, every block and head
     table, _, probe_idx = task(config)
     s = int(np.argmin(table.position[probe_idx]))  # the sequence whose key comes first: the longest tail
     tokens = table.tokens[probe_idx[s]]
     last = ds.isel(step=-1, seed=0, probe=s).sel(depth=depths[-1])
     gs = [min(config["gammas"]), max(config["gammas"])]
-    L, H = last.sizes["layer"], last.sizes["head"]
+    L, H = last.sizes["block"], last.sizes["head"]
     fig, axes = plot.figure(len(gs), L * H, (2.6 * L * H + 0.8, 2.8 * len(gs)), squeeze=False)
     labels = [str(t) for t in tokens]
     for r, g in enumerate(gs):
         for c in range(L * H):
             ax = axes[r, c]
-            ax.imshow(last.attention.sel(gamma=g).isel(layer=c // H, head=c % H).values, cmap="viridis", vmin=0, vmax=1)
+            ax.imshow(last.attention.sel(gamma=g).isel(block=c // H, head=c % H).values, cmap="viridis", vmin=0, vmax=1)
             ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
             ax.set_yticks(range(len(labels)), labels, fontsize=6)
-            ax.set_title(f"gamma {g:g}, layer {c // H}, head {c % H}", fontsize=8)
+            ax.set_title(f"gamma {g:g}, block {c // H}, head {c % H}", fontsize=8)
     fig.suptitle(f"Attention at step {int(ds.step[-1])} (query rows, key columns), depth {depths[-1]}, seed 0\n"
                  f"key {int(table.key[probe_idx[s]])} at position {int(table.position[probe_idx[s]])}, then anchors "
                  f"{', '.join(str(int(a)) for a in table.anchors[probe_idx[s]])}", fontsize=9)

@@ -23,7 +23,7 @@ def test_small_init_learns_the_pairs_and_answers_the_held_out_pair_symmetrically
     base = s["uniform_attention"]
     assert run["shift"][0] >= 1.5 * base["shift"] and run["broadcast"][0] >= 1.5 * base["broadcast"], (run, base)
     ds = sweep.load(tmp_path / "results.nc")
-    assert ds.attention.dims[-5:] == ("probe", "layer", "head", "query", "key")
+    assert ds.attention.dims[-5:] == ("probe", "block", "head", "query", "key")
     assert (tmp_path / "anchor_attention.png").exists() and (tmp_path / "anchor_answers_vs_gamma.png").exists()
 
 

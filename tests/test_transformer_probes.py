@@ -53,7 +53,7 @@ def test_held_out_answers_inside_a_sweep_equal_anchors_answer_kinds_of_the_predi
     ds = sweep.sweep(sim, grid={"gamma": [0.4, 0.8]}, seeds=1, progress=False)
     assert ds.held_out_answers.dims[-1] == "held_out_answers_kind"
     assert list(ds.held_out_answers_kind.values) == ["inferential", "symmetric", "other"]
-    assert ds.attention.dims[-5:] == ("probe", "layer", "head", "query", "key")
+    assert ds.attention.dims[-5:] == ("probe", "block", "head", "query", "key")
     np.testing.assert_allclose(ds.held_out_answers.sum("held_out_answers_kind"), 1.0, rtol=1e-6)
     snaps = ds.params_snapshot
     for g in (0.4, 0.8):
