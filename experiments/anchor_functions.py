@@ -49,7 +49,8 @@ broadcast >= 0.5, each at least twice its uniform-attention value.
 Also recorded: the accuracy on fresh sequences of the trained pairs (`fresh_accuracy`,
 data seed + 1), which tells a rule learnt from sequences memorized.
 
-Quick preset (2-core CPU; 351 s on 2 cores shared with four other jobs, load ~9):
+Quick preset (2-core CPU; 280-350 s, 3 min of CPU time, on 2 cores shared with four other
+jobs, load 6-9):
 d_model 32, depth 2, gamma 0.3, 0.6, 1.0, one seed, 1000 sequences per pair (15000),
 batches of 200, 2000 steps. Measured: gamma 0.3 does not fit in 2000 steps (training
 accuracy 0.08, held-out at chance, 0.01 / 0.02); gamma 0.6 fits (0.998, fresh 1.0) and
