@@ -11,6 +11,9 @@ MLP schemes draw W_l = std_l * Z with Z ~ N(0, 1) in the layout of `engine.model
 - `cohen_small`: Xavier with gain 1.9 on the first layer (Cohen et al. 2021's small nets);
 - `width_power`: std_l = m^-gamma (per layer: `gamma_0`, `gamma_1`, ...), m the hidden
                  width of the layer, biases drawn like the weights they sit with;
+- `fan_in_power`: any model (flax ones too): every weight matrix and embedding
+                 N(0, (d_in^-gamma)^2), d_in its input dimension; biases 0, LayerNorm
+                 scales 1 (Zhang et al. 2024's initialization rate gamma for transformers);
 - `luo`:         two-layer (gamma, gamma') of Luo et al. 2021 (JMLR 22(71));
 - `antisymmetric(scheme)`: mirrors the last hidden layer with negated output weights,
                  so f(x; theta_0) = 0 up to rounding (Zhang et al. 2020, Luo et al. 2021).
@@ -173,3 +176,60 @@ def antisymmetric(model: Model, scheme: Initializer) -> Initializer:
         params[-2], params[-1] = hidden, out
         return tuple(params)
     return Initializer(f"antisymmetric-{scheme.name}", dict(scheme.defaults), sample)
+
+
+_PROJECTIONS = ("query", "key", "value")  # flax attention DenseGeneral kernels [d_in, heads, head_dim]
+
+
+def fan_in(path: tuple, shape: tuple) -> int | None:
+    """d_in of one parameter leaf, named by its pytree `path` (a tuple of key names), or
+    None for a leaf that is not drawn (a bias, a LayerNorm scale: ndim 1, or named
+    "bias"/"b"/"scale"):
+    - a dense kernel [d_in, d_out] ("kernel", an MLP's "w"): shape[0];
+    - a conv kernel [k_h, k_w, c_in, c_out]: k_h k_w c_in (every dimension but the last);
+    - an attention projection (query/key/value: [d_model, heads, head_dim]): d_model;
+      the attention output kernel [heads, head_dim, d_model]: heads head_dim;
+    - an embedding table [vocab, d_model] ("embedding") and a learned position table
+      [seq_len, d_model] ("position"): d_model. A lookup multiplies the table by a
+      one-hot vector, so its fan-in would be the vocabulary; Zhang et al. 2024 draw the
+      embedding like every other d_model-wide layer instead, and so do we."""
+    name = str(path[-1]) if path else ""
+    if len(shape) <= 1 or name in ("bias", "b", "scale"):
+        return None
+    if name in ("embedding", "position"):
+        return int(shape[-1])
+    if len(path) >= 2 and str(path[-2]) in _PROJECTIONS:
+        return int(shape[0])
+    return int(math.prod(shape[:-1]))
+
+
+def _names(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+
+
+def fan_in_power(model: Model, gamma: float = 0.5) -> Initializer:
+    """Every weight matrix and embedding W ~ N(0, (d_in^-gamma)^2), d_in its input
+    dimension (`fan_in`); biases 0 and LayerNorm scales 1. gamma (hyperparameter
+    "gamma", traced: a sweep over gamma is one program) is the initialization rate of
+    Zhang, Lin, Wang, Zhang & Xu 2024 ("Initialization is critical to whether
+    transformers fit composite functions by reasoning or memorizing"): the larger
+    gamma, the smaller the initialization; gamma = 0.5 is LeCun's 1/sqrt(d_in). Any
+    model: the pytree of `model.init` is redrawn leaf by leaf (flax's names: "kernel",
+    "embedding", "bias", "scale"; an MLP's "w", "b")."""
+    require(isinstance(gamma, (int, float)) and gamma > 0, "gamma", f"got {gamma!r}",
+            "use an initialization rate gamma > 0 (std = d_in^-gamma; 0.5 is LeCun's)")
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    fans = [fan_in(_names(path), leaf.shape) for path, leaf in leaves]
+
+    def sample(key, hp):
+        keys = jax.random.split(key, len(leaves))
+        drawn = []
+        for k, (path, leaf), d in zip(keys, leaves, fans):
+            if d is None:
+                one = _names(path)[-1] == "scale"
+                drawn.append(jnp.full(leaf.shape, 1.0 if one else 0.0, leaf.dtype))
+            else:
+                drawn.append(jnp.power(float(d), -hp["gamma"]) * jax.random.normal(k, leaf.shape, leaf.dtype))
+        return jax.tree_util.tree_unflatten(tree, drawn)
+    return Initializer("fan_in_power", {"gamma": float(gamma)}, sample)

@@ -14,6 +14,10 @@
   softmax cross-entropy with the logits cast to that float type first, so Softmax
   Collapse (Prieto et al. 2025) can be shown: once the correct logit leads by more than
   the type resolves, its loss and gradient are exactly 0.
+- `next_token_cross_entropy`: the softmax cross-entropy of per-position logits
+  y_pred [n, L, V] (`engine.models.transformer(readout="all")`) against the next token
+  ids y [n, L] (floats, as `engine.data` stores tokens), averaged over every position
+  whose target id is >= 0 (a negative id masks a position out, e.g. a prompt).
 - `weighted(fn, w)`: any of these (all means over examples) as the weighted mean
   sum_i w_i l_i / sum_i w_i; a split drawn per run (`simulation(train_fraction=...)`)
   weighs its training examples 1 and the rest 0.
@@ -33,6 +37,15 @@ def mse(y_pred, y):
 
 def cross_entropy(y_pred, y):
     return -jnp.mean(jnp.sum(y * jax.nn.log_softmax(y_pred, axis=-1), axis=-1))
+
+
+def next_token_cross_entropy(y_pred, y):
+    """-mean over the unmasked positions (y >= 0) of log softmax(y_pred)[target]:
+    y_pred [n, L, V] logits, y [n, L] target token ids as floats (negative: ignored)."""
+    ids = y.astype(jnp.int32)
+    keep = (ids >= 0).astype(y_pred.dtype)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(y_pred, axis=-1), jnp.maximum(ids, 0)[..., None], -1)[..., 0]
+    return -jnp.sum(keep * logp) / jnp.maximum(jnp.sum(keep), 1.0)
 
 
 def accuracy(y_pred, y):
@@ -106,6 +119,7 @@ def cross_entropy_in(precision: str):
 
 
 LOSSES = {"mse": mse, "cross_entropy": cross_entropy, "stablemax_cross_entropy": stablemax_cross_entropy,
+          "next_token_cross_entropy": next_token_cross_entropy,
           **{f"cross_entropy_{k}": cross_entropy_in(k) for k in ("float16", "float32", "float64")}}
 
 

@@ -40,7 +40,9 @@ class Model(NamedTuple):
     `multipliers` (the static factor each layer's pre-activation is multiplied by)
     and `bias` (whether each layer has one) are set for MLPs, whose initialization
     `engine.init` can rescale per layer. `train_apply(params, x, key, rate)` is the
-    forward pass with dropout (None: the model has none)."""
+    forward pass with dropout (None: the model has none). `attention(params, x)` ->
+    [n, layer, head, query, key]: the attention weights of every layer (transformers;
+    None for other models)."""
     init: Callable[[jax.Array], Any]
     apply: Callable[[Any, jax.Array], jax.Array]
     name: str = "model"
@@ -49,6 +51,7 @@ class Model(NamedTuple):
     bias: tuple | None = None
     out_dim: int | None = None
     train_apply: Callable | None = None
+    attention: Callable | None = None
 
 
 def _xtanh(x):
@@ -211,13 +214,18 @@ def cnn(input_shape, channels=(16, 16), out_dim: int = 10, activation: str = "re
 
 def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: int = 64,
                 heads: int = 4, depth: int = 1, mlp_ratio: int = 4, layer_norm: bool = True,
-                activation: str = "gelu") -> Model:
+                activation: str = "gelu", readout: str = "last") -> Model:
     """A small decoder-style transformer (flax linen) for token tasks such as modular
     arithmetic: x: [n, seq_len] token ids (stored as floats by `engine.data`; cast
-    here) -> logits of the last position [n, out_dim or vocab]. Pre-LayerNorm blocks
+    here) -> logits of the last position [n, out_dim or vocab] (readout "last"), or of
+    every position [n, seq_len, out_dim or vocab] (readout "all", for next-token
+    cross-entropy, `engine.losses.next_token_cross_entropy`). Pre-LayerNorm blocks
     of causal self-attention and an MLP of width mlp_ratio * d_model, learned position
-    embeddings. `layer_norm=False, activation="relu"` is Nanda et al. 2023's grokking
-    transformer (with d_model 128, heads 4, mlp_ratio 4)."""
+    embeddings; `layer_norm=False` drops every LayerNorm. `layer_norm=False,
+    activation="relu"` is Nanda et al. 2023's grokking transformer (with d_model 128,
+    heads 4, mlp_ratio 4). The model's `attention(params, x)` returns the softmax
+    attention weights of every block, [n, depth, heads, seq_len (query), seq_len (key)],
+    zero above the diagonal (causal), each row summing to 1 (flax's `sow_weights`)."""
     import flax.linen as nn
 
     act = activation_function(activation)
@@ -228,23 +236,34 @@ def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: i
         require(isinstance(v, int) and v >= 1, field, f"got {v!r}", "use an integer >= 1")
     require(d_model % heads == 0, "heads", f"d_model={d_model} is not divisible by heads={heads}",
             "choose heads dividing d_model")
+    require(readout in ("last", "all"), "readout", f"got {readout!r}",
+            "use 'last' (logits of the last position) or 'all' (every position, next-token prediction)")
     out_dim = out_dim or vocab
 
     class Transformer(nn.Module):
         @nn.compact
-        def __call__(self, x, key=None, rate=0.0):
+        def __call__(self, x, key=None, rate=0.0, sow=False):
             drop = (lambda z, i: z) if key is None else (lambda z, i: dropout(z, rate, jax.random.fold_in(key, i)))
             tokens = x.astype(jnp.int32)
             h = nn.Embed(vocab, d_model)(tokens)
             h = h + self.param("position", nn.initializers.normal(0.02), (seq_len, d_model))
             mask = nn.make_causal_mask(tokens)
             for i in range(depth):
-                h = h + drop(nn.MultiHeadDotProductAttention(heads)(norm(h), mask=mask), 2 * i)
+                h = h + drop(nn.MultiHeadDotProductAttention(heads)(norm(h), mask=mask, sow_weights=sow), 2 * i)
                 z = nn.Dense(mlp_ratio * d_model)(norm(h))
                 h = h + drop(nn.Dense(d_model)(act(z)), 2 * i + 1)
-            return nn.Dense(out_dim)(norm(h[:, -1]))
+            return nn.Dense(out_dim)(norm(h[:, -1] if readout == "last" else h))
 
-    return from_flax(Transformer(), jnp.zeros((1, seq_len)), "transformer", out_dim, dropout=True)
+    module = Transformer()
+
+    def attention(params, x):
+        _, state = module.apply({"params": params}, x, None, 0.0, True, mutable=["intermediates"])
+        blocks = state["intermediates"]
+        return jnp.stack([blocks[f"MultiHeadDotProductAttention_{i}"]["attention_weights"][0]
+                          for i in range(depth)], axis=1)
+
+    model = from_flax(module, jnp.zeros((1, seq_len)), "transformer", out_dim, dropout=True)
+    return model._replace(attention=attention)
 
 
 def layers(params) -> tuple[tuple[str, Any], ...]:

@@ -37,6 +37,11 @@ Weight decay, for every optimizer and traced like any hyperparameter:
                       every curvature probe's Hessian (H + c I) include it; `test_loss`
                       stays the data loss
 
+Gradient clipping, for every optimizer, the threshold traced like any hyperparameter:
+    clip_norm=c       the gradient g is rescaled to g min(1, c / ||g||) (its global norm
+                      over every parameter, optax.clip_by_global_norm) before the
+                      optimizer sees it; decoupled weight decay is not clipped
+
 The ⊥Grad transform (Prieto et al. 2025), for every optimizer: `orthogonal=True`, e.g.
 `adamw(lr=1e-3, orthogonal=True)` is ⊥AdamW. Before the optimizer sees it, each
 parameter tensor's gradient loses its component along that tensor and is rescaled to
@@ -109,6 +114,15 @@ def _decayed(factory):
     return _keyword_signature(build, [*inspect.signature(factory).parameters, "weight_decay"])
 
 
+def _clipped(factory):
+    """`factory` behind gradient clipping by global norm: chain(clip_by_global_norm(
+    clip_norm), factory(...)), so the optimizer sees g min(1, clip_norm / ||g||)."""
+    def build(**hp):
+        clip_norm = hp.pop("clip_norm")
+        return optax.chain(optax.clip_by_global_norm(clip_norm), factory(**hp))
+    return _keyword_signature(build, [*inspect.signature(factory).parameters, "clip_norm"])
+
+
 def _with_l2(factory):
     """`factory` holding `l2` among its hyperparameters without using it: coupled L2 is a
     term of the objective (`engine.simulate`), so its gradient and Hessian include it."""
@@ -161,6 +175,8 @@ def _make(name, factory, defaults, ranges):
     `orthogonal=True` puts ⊥Grad in front (`orthogonal_grad`)."""
     def constructor(schedule: Schedule | None = None, orthogonal: bool = False, **overrides):
         build, own_defaults, own_ranges = factory, dict(defaults), dict(ranges)
+        if "clip_norm" in overrides:  # innermost: the gradient is clipped, decoupled weight decay is not
+            build, own_defaults["clip_norm"], own_ranges["clip_norm"] = _clipped(build), 1.0, POSITIVE
         if "weight_decay" in overrides and "weight_decay" not in defaults:
             build, own_defaults["weight_decay"], own_ranges["weight_decay"] = _decayed(build), 0.0, NONNEGATIVE
         if "l2" in overrides:
@@ -168,7 +184,7 @@ def _make(name, factory, defaults, ranges):
         unknown = sorted(set(overrides) - set(own_defaults))
         if unknown:
             raise ConfigError(f"optimizer.{unknown[0]}", f"'{name}' has no hyperparameter {unknown[0]!r}",
-                              f"use one of {', '.join(dict.fromkeys([*own_defaults, 'weight_decay', 'l2']))}")
+                              f"use one of {', '.join(dict.fromkeys([*own_defaults, 'weight_decay', 'l2', 'clip_norm']))}")
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ConfigError("schedule", f"got {schedule!r}",
                               "use one of engine.schedules (e.g. schedules.warmup(100)) or None")
@@ -187,6 +203,7 @@ def _make(name, factory, defaults, ranges):
     constructor.__doc__ = (f"The '{name}' optimizer; hyperparameters and defaults: {defaults}"
                            + ("" if "weight_decay" in defaults else "; weight_decay= adds decoupled weight decay")
                            + "; l2= adds coupled L2 (l2/2 ||theta||^2 in the objective)"
+                           + "; clip_norm= clips the gradient's global norm first"
                            + "; orthogonal=True applies ⊥Grad to the gradient first.")
     return constructor
 

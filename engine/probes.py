@@ -58,6 +58,15 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
                                           exactly 1 in float32 (Prieto et al. 2025)
     ntk_distance                          1 - <K_t, K_0>_F / (||K_t|| ||K_0||) (Fort et al. 2020)
     output_spectrum(grid_x, grid_shape)   |DFT over the input grid of f|^2 per frequency
+  transformers (Zhang et al. 2024, anchor functions):
+    attention_maps(model, x_probe)        attention weights on a fixed probe batch, dims
+                                          ("probe", "block", "head", "query", "key"), or
+                                          averaged over it (average=True)
+    answer_kinds(x, candidates)           fractions of x answered with each candidate answer
+                                          (or none of them), dims ("answer",); held_out_answers(table)
+                                          for the anchor task's inferential / symmetric split
+    neuron_weights("Module_0/query")      also a flax submodule's path: an attention projection's
+                                          output units (heads x head_dim) with their d_model inputs
 
 Every Lanczos solve spends its budget (`iters` cold, `warm_iters` warm-started), then
 goes on until its residuals are below `tol` (default TOL = 1e-3), at most `max_iters`
@@ -802,23 +811,102 @@ def unit_weights(layer) -> jax.Array:
     return rows if b is None else jnp.concatenate([rows, b[:, None]], axis=1)
 
 
+def _submodule(params, layer: str):
+    """The parameters at `layer`: a name from `engine.models.layers`, or a "/"-separated
+    path into a flax dict ("MultiHeadDotProductAttention_0/query"). An attention
+    projection's kernel [d_model, heads, head_dim] and bias [heads, head_dim] come back
+    as a dense layer [d_model, heads head_dim], one unit per (head, feature)."""
+    first, *rest = layer.split("/")
+    named = dict(layers(params))
+    require(first in named, "probes.layer", f"no layer {first!r}", f"use one of {', '.join(named)}")
+    node = named[first]
+    for i, part in enumerate(rest):
+        require(isinstance(node, dict) and part in node, "probes.layer", f"no {part!r} in {'/'.join([first, *rest[:i]])}",
+                f"use one of {', '.join(node) if isinstance(node, dict) else '(none: a leaf)'}")
+        node = node[part]
+    if isinstance(node, dict) and "kernel" in node and node["kernel"].ndim == 3 and rest and rest[-1] in ("query", "key", "value"):
+        node = {"kernel": node["kernel"].reshape(node["kernel"].shape[0], -1),
+                **({"bias": node["bias"].reshape(-1)} if "bias" in node else {})}
+    return node
+
+
 def neuron_weights(layer: str = "0", name: str = "neuron_weights") -> Probe:
     """Each unit's input weights (w_k, b_k) in layer `layer` (a name from
-    `engine.models.layers`, "0" = the first): variable `name` with dims ("neuron",
-    "fan_in"), or (f"{name}_neuron", f"{name}_fan_in") under another name, so several
-    layers can be recorded at once. Their cosine similarities show condensation onto a
-    few orientations (`engine.analysis`)."""
+    `engine.models.layers`, "0" = the first, or a path into a flax model's submodules,
+    "MultiHeadDotProductAttention_0/query": the query projection's heads x head_dim
+    units, each with its d_model input weights and bias): variable `name` with dims
+    ("neuron", "fan_in"), or (f"{name}_neuron", f"{name}_fan_in") under another name, so
+    several layers can be recorded at once. Their cosine similarities show condensation
+    onto a few orientations (`engine.analysis`; the query/key and MLP input weights of a
+    transformer, Zhang et al. 2024)."""
     require(isinstance(layer, str), "probes.layer", f"got {layer!r}", 'use a layer name such as "0"')
     require(isinstance(name, str) and name.isidentifier(), "probes.name", f"got {name!r}",
             "use a Python identifier such as 'kernels_1'")
     dims = ("neuron", "fan_in") if name == "neuron_weights" else (f"{name}_neuron", f"{name}_fan_in")
 
     def fn(snap):
-        named = dict(layers(snap.params))
-        require(layer in named, "probes.layer", f"no layer {layer!r}", f"use one of {', '.join(named)}")
-        return unit_weights(named[layer])
+        return unit_weights(_submodule(snap.params, layer))
 
     return scalar(name, fn, dims=dims)
+
+
+# ----------------------------------------------------------------------------- transformers
+def attention_maps(model, x_probe, average: bool = False, name: str = "attention") -> Probe:
+    """The attention weights of every block on a fixed probe batch x_probe [m, seq_len]
+    (`model.attention`, e.g. `engine.models.transformer`): variable `name` with dims
+    ("probe", "block", "head", "query", "key"), or with average=True their mean over the
+    probe batch, ("block", "head", "query", "key"); "block" (with its index as coordinate,
+    so runs of several depths join, NaN past a run's depth) rather than "layer", which
+    names parameter groups elsewhere. Causal rows sum to 1 over the keys
+    at or before the query. The deterministic network (no dropout)."""
+    require(getattr(model, "attention", None) is not None, "probes", f"attention_maps needs a model that returns "
+            f"its attention weights, {getattr(model, 'name', model)!r} does not", "use engine.models.transformer")
+    x_probe = jnp.asarray(x_probe)
+    require(x_probe.ndim == 2 and x_probe.shape[0] >= 1, "probes.x_probe", f"has shape {x_probe.shape}",
+            "give a batch of token sequences [m, seq_len]")
+    shape = jax.eval_shape(lambda: model.attention(model.init(jax.random.key(0)), x_probe)).shape
+    dims = ("block", "head", "query", "key")  # "block", not "layer": that dim names parameter groups
+    coords = {d: list(range(n)) for d, n in zip(dims, shape[1:])}  # so sweeps over depth line up
+
+    def fn(snap):
+        a = model.attention(snap.params, x_probe)
+        return a.mean(0) if average else a
+
+    dims = dims if average else ("probe", *dims)
+    return Probe(name, lambda snap, state: ({name: fn(snap)}, state), {name: dims}, coords=coords)
+
+
+def answer_kinds(x, candidates: dict, name: str = "answers") -> Probe:
+    """Of the examples x [m, ...], the fraction whose predicted class (argmax of the
+    network's output) equals each candidate answer, and of those equal to none:
+    candidates {kind: [m] class ids}, variable `name` with dims (f"{name}_kind",), one
+    entry per kind in order, then "other". With two candidates that never coincide (the
+    anchor task's held-out pair, `held_out_answers`) the fractions sum to 1."""
+    require(isinstance(candidates, dict) and len(candidates) >= 1, "probes.candidates", f"got {candidates!r}",
+            "give {kind: [m] class ids}")
+    x = jnp.asarray(x)
+    kinds = list(candidates)
+    ids = jnp.stack([jnp.asarray(candidates[k]).astype(jnp.int32) for k in kinds])  # [kinds, m]
+    require(ids.shape[1] == x.shape[0], "probes.candidates", f"hold {ids.shape[1]} answers for {x.shape[0]} examples",
+            "give one answer per example")
+
+    def fn(snap):
+        predicted = jnp.argmax(snap.predict(snap.params, x), -1)
+        hit = predicted[None] == ids
+        return jnp.concatenate([hit.mean(1), jnp.mean(~hit.any(0))[None]]).astype(jnp.result_type(float))
+
+    dim = f"{name}_kind"
+    return Probe(name, lambda snap, state: ({name: fn(snap)}, state), {name: (dim,)}, coords={dim: [*kinds, "other"]})
+
+
+def held_out_answers(table, name: str = "held_out_answers") -> Probe:
+    """The anchor task's held-out sequences (`engine.anchors.composite_table`, those
+    with `~table.train`): the fractions answered inferentially (key + shift_a1 +
+    shift_a2), symmetrically (the label of the mirrored pair) and otherwise, as
+    `engine.anchors.answer_kinds` counts them, measured inside the run."""
+    test = ~table.train
+    return answer_kinds(table.tokens[test].astype(float), {"inferential": table.inferential[test],
+                                                            "symmetric": table.symmetric[test]}, name)
 
 
 def loss_change(snap: Snapshot) -> jax.Array:

@@ -520,6 +520,11 @@ def _check_model_fits(model: Model, params_shape, data: Dataset) -> None:
     except (TypeError, ValueError) as e:
         raise ConfigError("model", f"cannot be applied to examples of shape {features} "
                           f"({str(e).splitlines()[0][:120]})", "give x shaped as the model expects") from None
+    if out.ndim == 3:  # logits per position (transformer readout "all"): one target token id per position
+        require(out.shape[1] == data.y.shape[-1], "model",
+                f"outputs logits at {out.shape[1]} positions but the targets hold {data.y.shape[-1]} token ids",
+                "give y [n, seq_len] next-token ids (with next_token_cross_entropy), or readout='last'")
+        return
     require(out.shape[-1] == data.y.shape[-1], "model",
             f"outputs {out.shape[-1]} values per example but the targets have {data.y.shape[-1]}",
             "make the last width equal the target dimension")

@@ -82,3 +82,57 @@ def test_nandas_transformer_has_no_layer_norm_and_a_relu_mlp():
     assert jax.tree.structure(params) == jax.tree.structure(gelu.init(jax.random.key(0)))
     assert not np.allclose(m.apply(params, x), gelu.apply(params, x))
     assert m.apply(params, x).shape == (2, 8) and bool(jnp.all(jnp.isfinite(m.apply(params, x))))
+
+
+def test_transformer_readout_all_gives_every_position_and_the_last_equals_readout_last():
+    kw = dict(vocab=13, seq_len=5, d_model=16, heads=2, depth=2)
+    last, every = models.transformer(**kw), models.transformer(**kw, readout="all")
+    params = last.init(jax.random.key(0))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), params, every.init(jax.random.key(0)))
+    x = jax.random.randint(jax.random.key(1), (3, 5), 0, 13).astype(jnp.float32)
+    out = every.apply(params, x)
+    assert out.shape == (3, 5, 13)
+    np.testing.assert_allclose(out[:, -1], last.apply(params, x), rtol=1e-5, atol=1e-6)
+    # causal: the logits at position 1 do not depend on later tokens
+    x2 = x.at[:, 3:].set(7.0)
+    np.testing.assert_allclose(every.apply(params, x2)[:, :2], out[:, :2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(models.ConfigError, match="readout"):
+        models.transformer(**kw, readout="first")
+
+
+def test_transformer_attention_is_causal_rows_sum_to_one_and_matches_a_hand_computation():
+    """One block, no LayerNorm, 2 heads: softmax((x W_q + b_q)(x W_k + b_k)^T / sqrt(d_head))
+    under the causal mask, computed here from the parameters by hand."""
+    model = models.transformer(vocab=10, seq_len=6, d_model=8, heads=2, layer_norm=False)
+    params = model.init(jax.random.key(2))
+    x = jnp.array([[1, 2, 3, 4, 5, 6], [9, 9, 0, 1, 2, 3]], jnp.float32)
+    A = model.attention(params, x)
+    assert A.shape == (2, 1, 2, 6, 6)
+    np.testing.assert_allclose(A.sum(-1), 1.0, rtol=1e-5)
+    assert float(jnp.abs(jnp.triu(A, k=1)).max()) == 0.0
+    att = params["MultiHeadDotProductAttention_0"]
+    h = params["Embed_0"]["embedding"][x.astype(int)] + params["position"]
+    q = jnp.einsum("nld,dhk->nhlk", h, att["query"]["kernel"]) + att["query"]["bias"][None, :, None]
+    k = jnp.einsum("nld,dhk->nhlk", h, att["key"]["kernel"]) + att["key"]["bias"][None, :, None]
+    logits = q @ jnp.swapaxes(k, -1, -2) / np.sqrt(4)
+    logits = jnp.where(jnp.tril(jnp.ones((6, 6), bool)), logits, -jnp.inf)
+    np.testing.assert_allclose(A[:, 0], jax.nn.softmax(logits, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_next_token_cross_entropy_averages_over_unmasked_positions_and_trains_in_a_simulation():
+    """The loss against a hand computation (a masked position, id -1, is left out), and a
+    transformer with readout "all" trained on next-token ids through engine.simulate."""
+    from engine import data, losses, optim, simulate
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
+    y = jnp.array([[1, 4, -1], [0, 2, 3]], jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)
+    hand = -(logp[0, 0, 1] + logp[0, 1, 4] + logp[1, 0, 0] + logp[1, 1, 2] + logp[1, 2, 3]) / 5
+    np.testing.assert_allclose(losses.next_token_cross_entropy(logits, y), hand, rtol=1e-6)
+    seqs = np.array([[i % 7, (i + 1) % 7, (i + 2) % 7, (i + 3) % 7, (i + 4) % 7] for i in range(14)], np.float32)
+    d = data.Dataset(jnp.asarray(seqs[:, :-1]), jnp.asarray(seqs[:, 1:]))
+    model = models.transformer(vocab=7, seq_len=4, d_model=16, heads=2, readout="all")
+    sim = simulate.simulation(model, d, "next_token_cross_entropy", optim.adam(lr=1e-2), steps=100, every=50)
+    loss = np.asarray(sim.run(jax.random.key(0))["loss"])
+    assert loss[0] > 1.5 and loss[-1] < 0.1 * loss[0], loss  # x -> x + 1 mod 7 is learnt at every position
+    with pytest.raises(models.ConfigError, match="positions"):
+        simulate.simulation(model, data.Dataset(d.x, d.y[:, :3]), "next_token_cross_entropy", optim.adam())

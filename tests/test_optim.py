@@ -69,3 +69,34 @@ def test_decoupled_weight_decay_is_adamws_rule_for_every_optimizer(name):
     no_decay = descend(optim.optimizer(name).tx)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[0], b), traced, no_decay)  # wd = 0: unchanged
     assert float(jnp.abs(traced["b"][2]).sum()) < float(jnp.abs(traced["b"][0]).sum())  # decay shrinks weights
+
+
+@pytest.mark.parametrize("name", ["gd", "adam", "adamw"])
+def test_clip_norm_clips_the_gradient_before_the_optimizer(name):
+    """clip_norm=c: the update equals that of the optimizer fed g min(1, c/||g||)
+    (optax.clip_by_global_norm), c traced; a gradient inside the ball is untouched."""
+    params = {"a": jnp.ones((3,)), "b": jnp.full((2, 2), 2.0)}
+    g = {"a": jnp.array([3.0, 0.0, 4.0]), "b": jnp.full((2, 2), 6.0)}  # ||g|| = 13
+    plain = optim.optimizer(name, lr=0.1)
+    for c in (2.0, 50.0):
+        opt = optim.optimizer(name, lr=0.1, clip_norm=c)
+        u, _ = opt.tx.update(g, opt.init(params), params)
+        scaled = jax.tree.map(lambda x: x * min(1.0, c / 13.0), g)
+        expected, _ = plain.tx.update(scaled, plain.init(params), params)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), u, expected)
+    # traced: one optimizer, the threshold read from each run's state
+    opt = optim.optimizer(name, lr=0.1, clip_norm=1.0)
+    batched = jax.vmap(lambda c: opt.tx.update(g, opt.init(params, {"clip_norm": c}), params)[0])(jnp.array([2.0, 50.0]))
+    u2, _ = optim.optimizer(name, lr=0.1, clip_norm=2.0).tx.update(g, opt.init(params, {"clip_norm": 2.0}), params)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x[0], y, rtol=1e-6), batched, u2)
+
+
+def test_clip_norm_leaves_decoupled_weight_decay_unclipped_and_refuses_a_negative_threshold():
+    params = {"w": jnp.full((4,), 10.0)}
+    g = {"w": jnp.zeros((4,))}  # nothing to clip: the update is the decay alone
+    opt = optim.gd(lr=0.1, weight_decay=0.5, clip_norm=1e-3)
+    u, _ = opt.tx.update(g, opt.init(params), params)
+    np.testing.assert_allclose(u["w"], -0.1 * 0.5 * 10.0, rtol=1e-6)
+    from engine.errors import ConfigError
+    with pytest.raises(ConfigError, match="clip_norm"):
+        optim.adamw(lr=1e-3, clip_norm=-1.0)
