@@ -246,7 +246,8 @@ def figures(ds, config: dict, out_dir) -> list[str]:
         {"lambda_max(P^-1 H)": r.preconditioned_sharpness.values,
          "|preconditioned directional curvature|": r.preconditioned_directional_curvature.values},
         thr, f"threshold (2 + 2 b1)/((1 - b1) eta) = {thr:g}", found.sel(b2=b2, eps=small_eps, seed=seed).item(),
-        counts, f"spikes, {ds.sizes['seed']} seeds\n(loss > {config['spike']:g} x its minimum)",
+        counts, f"spikes, {ds.sizes['seed']} seeds\n(loss > {config['spike']:g} x its minimum"
+        + (f",\nfloored at {config['loss_floor']:g})" if config["loss_floor"] else ")"),
         f"Adam on {TITLES[config['setting']]} ({config['loss']}),\nb2 = {b2:g}, eps = {small_eps:g}, seed {seed}: "
         "spikes (red: loss peaks,\ngreen: lambda_max(P^-1 H) crossing the threshold before them)")
     q = ds[["quadratic_loss", "quadratic_preconditioner"]].rename(quadratic_b2="b2", quadratic_step="step")
