@@ -277,8 +277,8 @@ def cadence_cost(quick: bool, peak: float) -> list[Record]:
     every 10 steps, against the same sweep with `probes.every(50, sharpness)` added,
     with three solves: the default (Lanczos 20 cold / 10 warm products, then on to
     residual 1e-3), and two that stop as soon as the residual is below 1e-3 or 3e-3
-    (from 2 products, at most 20). Timed three times each, interleaved, the fastest
-    kept; probe_cost = bare / probed rate, goal <= 1.3 (the issue's target for this
+    (from 2 products, at most 20). Timed three times each (once with --quick),
+    interleaved, the fastest kept; probe_cost = bare / probed rate, goal <= 1.3 (the issue's target for this
     mix). A record's `hvps_per_measurement` and `hvp_floor` = 1 + products x the HVP's
     cost in gradients (~2.5, `hvp_cost`) / 50 say what the HVPs alone cost: a skipped
     record costs nothing, so probe_cost ~ hvp_floor. What a looser solve gives up is
@@ -294,7 +294,7 @@ def cadence_cost(quick: bool, peak: float) -> list[Record]:
             "sharpness_tol1e-3_every_50": make(("loss", probes.every(50, early(1e-3)))),
             "sharpness_tol3e-3_every_50": make(("loss", probes.every(50, early(3e-3))))}
     plans, sets = {name: [] for name in sims}, {}
-    for _ in range(3):  # interleaved, so none pays for going first
+    for _ in range(1 if quick else 3):  # interleaved, so none pays for going first
         for name, sim in sims.items():
             sets[name] = sweep.sweep(sim, grid=grid, seeds=seeds, progress=False)
             plans[name].append(sweep.config_of(sets[name])["plans"][0])
