@@ -233,6 +233,21 @@ def _segment_length(intervals: int, segment: int | None) -> int:
 
 
 # ----------------------------------------------------------------------------- the sweep
+def _join_static(parts: list, static: dict) -> xr.Dataset:
+    """One Dataset from the parts of a static sweep (in itertools.product order of
+    `static`), concatenated along each static axis in turn, other coordinates joined
+    outer: a probe dimension whose size changes with a static value (e.g. the attention
+    maps' `block` with depth) is NaN where a part has no entry. (`combine_by_coords`
+    would also try to order the parts by that coordinate, and mixed them.)"""
+    def nest(items, sizes):
+        if not sizes:
+            return items[0]
+        step = len(items) // sizes[0]
+        return [nest(items[i * step:(i + 1) * step], sizes[1:]) for i in range(sizes[0])]
+    return xr.combine_nested(nest(parts, [len(v) for v in static.values()]), concat_dim=list(static), join="outer",
+                             combine_attrs="drop_conflicts")
+
+
 def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = None, *,
           chunk: int | None = None, memory_budget_mb: float | None = None,
           strategy: str = "auto", map_batch: int | None = None, segment: int | None = None,
@@ -291,8 +306,7 @@ def sweep(simulation, grid: dict | None = None, seeds=1, static: dict | None = N
             ds = _dataset(sim, grid, seeds, records, flags)
             parts.append(ds.expand_dims({k: [v] for k, v in c.items()}) if c else ds)
         bar.close()
-        ds = parts[0] if len(parts) == 1 else xr.combine_by_coords(parts, join="outer",
-                                                                    combine_attrs="drop_conflicts")
+        ds = parts[0] if len(parts) == 1 else _join_static(parts, static)
         ds = ds.transpose("seed", *static, *grid, "step", ...)
         ds.attrs.update(_attrs(sims[0], grid, seeds, static, plans, devices, base_seed, name))
         return ds

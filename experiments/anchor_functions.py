@@ -261,7 +261,7 @@ def figures(ds, config: dict, out_dir) -> list[str]:
     gs = [min(config["gammas"]), max(config["gammas"])]
     L, H = last.sizes["block"], last.sizes["head"]
     fig, axes = plot.figure(len(gs), L * H, (2.6 * L * H + 0.8, 2.8 * len(gs)), squeeze=False)
-    labels = [str(t) for t in tokens]
+    labels = [str(int(t)) for t in tokens]
     for r, g in enumerate(gs):
         for c in range(L * H):
             ax = axes[r, c]

@@ -206,3 +206,23 @@ def test_a_second_identical_sweep_compiles_nothing(tiny_sim):
     assert_bitwise(first, second)
     # what produced the numbers is recorded: the device kind and the matmul precision
     assert first.attrs["device_kind"] and first.attrs["matmul_precision"] == "default"
+
+
+def test_a_static_axis_that_changes_a_probe_dimension_joins_outer():
+    """Attention maps have one `block` per layer, so depth (static) changes their size:
+    the shallower network's maps are NaN past its depth, the deeper one's equal its own
+    sweep, and variables without `block` do not gain it."""
+    from engine import anchors, init, models, optim, probes, simulate
+    task = anchors.composite(n=2, seed=0)
+
+    def build(depth):
+        m = models.transformer(vocab=100, seq_len=8, d_model=8, heads=2, depth=depth)
+        return simulate.simulation(m, task, "cross_entropy", optim.adamw(lr=1e-3), init.scaled(m), steps=4,
+                                   every=2, probes=("loss", probes.attention_maps(m, task.x[:3])))
+    ds = sweep.sweep(build, static={"depth": [1, 2]}, grid={"init_scale": [1.0, 2.0]}, seeds=1, progress=False)
+    assert ds.loss.dims == ("seed", "depth", "init_scale", "step")
+    assert ds.attention.sizes["block"] == 2
+    assert np.isnan(ds.attention.sel(depth=1).isel(block=1)).all()
+    assert np.isfinite(ds.attention.sel(depth=1).isel(block=0)).all()
+    deep = sweep.sweep(build(2), grid={"init_scale": [1.0, 2.0]}, seeds=1, progress=False)
+    np.testing.assert_array_equal(deep.attention.values, ds.attention.sel(depth=2).values)
