@@ -59,7 +59,37 @@ Tracked eigenvalues: a fixed k (warm-started Lanczos, `engine.curvature`), of wh
 with `threshold=f` only those with eta lambda_i >= 2 f may oscillate (a mask: the shapes
 stay fixed under vmap); None lets all k.
 
-The preconditioned (RMSProp / Adam) central flow of the paper is not built yet.
+RMSProp (`optimizer="rmsprop"`; Cohen et al. 2025, section on RMSProp). The discrete
+run is RMSProp without momentum or bias correction, in PyTorch's order: nu <- beta2 nu +
+(1 - beta2) g^2, then w <- w - eta g / P, P = sqrt(nu) + eps, nu_0 = grad L(theta_0)^2
+(`nu0`: a constant instead). It is stable while the *preconditioned* sharpness, the top
+eigenvalue mu of P^-1 H (computed as the symmetric P^-1/2 H P^-1/2 by Lanczos), is
+<= 2/eta; its central flow in (w, nu) is
+
+    dw/dt  = -eta P^-1 [grad L + 1/2 grad_w <Sigma, H>],
+    dnu/dt = (1 - beta2) [grad L^2 + diag(H Sigma H) - nu],
+
+E[g^2] over the oscillation being grad L^2 + diag(H Sigma H). Our choices where the
+paper leaves room: the rate (1 - beta2) per step (the discrete recursion's; no 1/beta2
+factor), and diag(H Sigma H) replaced by its value on the edge, (2/eta)^2 P^2 diag(Sigma)
+(H u = mu P u with eta mu = 2 wherever Sigma is nonzero), which keeps the SDCP a convex QP.
+Sigma = U^T X U in the generalized eigenvectors u_i = P^-1/2 v_i (u_i^T P u_j = delta_ij,
+u_i^T H u_j = mu_i delta_ij), and the SDCP is the GD one for A = 2P/eta - H seen through
+U, d/dt moving both w and nu (both affine in X; `rmsprop_terms`):
+
+    B_ij = (2/eta - mu_i) delta_ij + dt [eta <g_ij, P^-1 grad L> + 2/eta <u_i u_j, P' dnu0>]
+    Lin_ijab = dt [eta/2 <g_ij, P^-1 g_ab> + 2/eta <u_i u_j, P' q u_a u_b>]    (PSD)
+
+with P' = 1 / (2 sqrt nu) = dP/dnu, dnu0 = (1 - beta2)(grad L^2 - nu), q = (1 - beta2)
+(2/eta)^2 P^2; solved by the same `solve_sdcp` (scaled by eta). One unstable eigenvalue:
+sigma^2 = -b/a with b, a the dt -> 0 coefficients (`single_sigma2_rmsprop`), the variance
+that keeps mu constant. The stable flow integrates (w, nu) with sigma = 0. With
+beta2 = 1, eps = 0, nu0 = 1 (P = I) all of it is the GD flow (tested). The records are
+the GD ones with sharpness / eigenvalues / discrete_sharpness / stable_sharpness the
+preconditioned ones (each trajectory with its own nu), predicted_loss = L +
+1/2 sum_i X_ii mu_i (= L + 1/2 <Sigma, H>), oscillation_variance = tr Sigma =
+sum_ab X_ab <u_a, u_b>. Hyperparameters "beta2" and "eps" are traced (sweepable in
+one program). Adam (momentum) is not built.
 """
 from __future__ import annotations
 
@@ -72,7 +102,7 @@ from jax.flatten_util import ravel_pytree
 
 from engine.curvature import _eigh, hvp, lanczos
 from engine.data import Dataset, check_dataset
-from engine.errors import FINITE, POSITIVE, require
+from engine.errors import FINITE, POSITIVE, UNIT, Range, require
 from engine.init import Initializer, scaled
 from engine.losses import loss_function
 from engine.models import Model, layers
@@ -200,6 +230,8 @@ class Velocity(NamedTuple):
     eig_residual: jax.Array
     sdcp: SDCPSolution
     dw: jax.Array
+    dnu: jax.Array | None = None       # RMSProp: d nu/dt [n]; None for GD
+    variance: jax.Array | None = None  # RMSProp: tr Sigma = sum_ab X_ab <u_a, u_b>; GD: tr X
 
 
 def central_velocity(loss_fn: Callable, w, lr, U_prev, X_prev, key, dt, lanczos_iters: int,
@@ -223,6 +255,61 @@ def central_velocity(loss_fn: Callable, w, lr, U_prev, X_prev, key, dt, lanczos_
     return Velocity(L, g, eig.values, U, jnp.max(eig.residuals), sol, dw)
 
 
+def rmsprop_terms(loss_fn: Callable, w, nu, lr, beta2, eps, U, mu, dt):
+    """The preconditioned SDCP's pieces at (w, nu) for the generalized eigenvectors U
+    [k, n] (rows u_i, H u_i = mu_i P u_i, u_i^T P u_i = 1), unscaled (module docstring):
+    (B [k, k], Lin [k, k, k, k], g_ij [k, k, n], c_ij = u_i * u_j [k, k, n], dnu0 [n] the
+    X-free part of d nu/dt, q [n] with d nu/dt = dnu0 + q * diag(Sigma)); mu [k] the
+    preconditioned eigenvalues."""
+    P = jnp.sqrt(nu) + eps
+    half_root = 0.5 / jnp.maximum(jnp.sqrt(nu), jnp.finfo(w.dtype).tiny)  # dP/dnu
+    L, g = jax.value_and_grad(loss_fn)(w)
+    gij = pair_gradients(loss_fn, w, U)
+    c = U[:, None, :] * U[None, :, :]
+    dnu0 = (1.0 - beta2) * (g * g - nu)
+    q = (1.0 - beta2) * (2.0 / lr) ** 2 * P * P
+    B = (jnp.diag(2.0 / lr - mu) + dt * (lr * jnp.einsum("ijn,n->ij", gij, g / P)
+                                         + 2.0 / lr * jnp.einsum("ijn,n->ij", c, half_root * dnu0)))
+    Lin = dt * (0.5 * lr * jnp.einsum("ijn,abn,n->ijab", gij, gij, 1.0 / P)
+                + 2.0 / lr * jnp.einsum("ijn,abn,n->ijab", c, c, half_root * q))
+    return B, Lin, gij, c, dnu0, q
+
+
+def single_sigma2_rmsprop(loss_fn: Callable, w, nu, lr, beta2, eps, u):
+    """The preconditioned one-unstable-eigenvalue closed form: sigma^2 = max(-b / a, 0),
+    dt -> 0, with d/dt [u^T (2P/eta - H) u] = b + a sigma^2 for the generalized top
+    eigenvector u [n] (u^T P u = 1) under the RMSProp central flow, i.e. the oscillation
+    variance along u that keeps the preconditioned sharpness at 2/eta (on the edge,
+    eta mu = 2). Scalar."""
+    mu = jnp.vdot(u, hvp(loss_fn, w, u))
+    B, Lin, *_ = rmsprop_terms(loss_fn, w, nu, lr, beta2, eps, u[None], mu[None], 1.0)
+    return jnp.maximum(-(B[0, 0] - (2.0 / lr - mu)) / Lin[0, 0, 0, 0], 0.0)
+
+
+def rmsprop_velocity(loss_fn: Callable, w, nu, lr, beta2, eps, V_prev, X_prev, key, dt, lanczos_iters: int,
+                     solver_iters: int, threshold: float | None = None) -> Velocity:
+    """(dw/dt, d nu/dt) of the RMSProp central flow at (w [n], nu [n]) (module docstring):
+    the top-k eigenpairs of the symmetric preconditioned Hessian P^-1/2 H P^-1/2 by
+    Lanczos warm-started from V_prev [k, n] (its eigenvectors v_i; `values` are its
+    eigenvalues mu_i, `vectors` the v_i), the SDCP in the basis u_i = P^-1/2 v_i, scaled
+    by eta like the GD one."""
+    k = V_prev.shape[0]
+    P = jnp.sqrt(nu) + eps
+    d = jax.lax.rsqrt(P)
+    L, g = jax.value_and_grad(loss_fn)(w)
+    eig = lanczos(lambda v: d * hvp(loss_fn, w, d * v), _warm(V_prev, key), lanczos_iters, k)
+    V = eig.vectors
+    U = V * d
+    B, Lin, gij, c, dnu0, q = rmsprop_terms(loss_fn, w, nu, lr, beta2, eps, U, eig.values, dt)
+    R = V @ V_prev.T
+    mask = None if threshold is None else lr * eig.values >= 2.0 * threshold
+    sol = solve_sdcp(lr * B, lr * Lin, solver_iters, R @ X_prev @ R.T, mask)
+    X = sol.X
+    dw = -lr * (g + 0.5 * jnp.einsum("ij,ijn->n", X, gij)) / P
+    dnu = dnu0 + q * jnp.einsum("ab,abn->n", X, c)
+    return Velocity(L, g, eig.values, V, jnp.max(eig.residuals), sol, dw, dnu, jnp.sum(X * (U @ U.T)))
+
+
 def _warm(U_prev, key):
     """The Lanczos start block: the previous eigenvectors with a little noise on the top
     one (`engine.curvature._start_block`), or random rows when they are unusable."""
@@ -232,9 +319,11 @@ def _warm(U_prev, key):
     return jnp.where(usable, jnp.where(usable, U_prev, 0.0) + 1e-3 * noise.at[1:].set(0.0), noise)
 
 
-def top_eigenpair(loss_fn: Callable, w, v_prev, key, iters: int):
-    """(lambda_max, v [1, n]) by Lanczos warm-started from v_prev [1, n]."""
-    eig = lanczos(lambda v: hvp(loss_fn, w, v), _warm(v_prev, key), iters, 1)
+def top_eigenpair(loss_fn: Callable, w, v_prev, key, iters: int, d=None):
+    """(lambda_max, v [1, n]) by Lanczos warm-started from v_prev [1, n]; of the
+    symmetric preconditioned Hessian d H d when d [n] (= P^-1/2) is given."""
+    op = (lambda v: hvp(loss_fn, w, v)) if d is None else (lambda v: d * hvp(loss_fn, w, d * v))
+    eig = lanczos(op, _warm(v_prev, key), iters, 1)
     return eig.values[0], eig.vectors
 
 
@@ -246,7 +335,8 @@ class FlowState(NamedTuple):
     so a program holds one copy of the solve); v_discrete,
     v_stable: [1, n] warm starts of the other two sharpness estimates; lr: eta;
     snapshots: None (the `simulate` contract); step: int32; key; diverged, converged:
-    bool; diverged_step, converged_step: int32, -1 if never (converged stays False)."""
+    bool; diverged_step, converged_step: int32, -1 if never (converged stays False);
+    nu, hyper: RMSProp's second moments and (beta2, eps), None for GD."""
     central: jax.Array
     discrete: jax.Array
     stable: jax.Array
@@ -261,6 +351,8 @@ class FlowState(NamedTuple):
     diverged_step: jax.Array
     converged: jax.Array
     converged_step: jax.Array
+    nu: dict | None = None      # RMSProp: {"central", "discrete", "stable"} second moments [n]
+    hyper: dict | None = None   # RMSProp: {"beta2", "eps"} scalars
 
 
 def check_flow(k, substeps, stable_substeps, lanczos_iters, solver_iters, threshold, n_params: int) -> None:
@@ -280,7 +372,8 @@ def check_flow(k, substeps, stable_substeps, lanczos_iters, solver_iters, thresh
 def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer | None = None, *, lr: float = 0.1,
                     steps: int = 1000, every: int = 1, k: int = 4, substeps: int = 4, stable_substeps: int = 16,
                     lanczos_iters: int | None = None, solver_iters: int = 100,
-                    threshold: float | None = None) -> Simulation:
+                    threshold: float | None = None, optimizer: str = "gd", beta2: float = 0.99,
+                    eps: float = 1e-8, nu0: float | None = None) -> Simulation:
     """The discrete GD run, its stable flow and its central flow side by side, as a
     `Simulation` (module docstring): hyperparameters "lr" (default `lr`) and the
     initializer's (default `engine.init.scaled`: "init_scale").
@@ -290,12 +383,25 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
     stable flow; lanczos_iters: Hessian-vector products per eigen-solve (default 3k + 4,
     warm-started from the previous substep's vectors); solver_iters: ADMM iterations of
     the SDCP per substep; threshold: None, or a fraction f: only eigenvalues with
-    eta lambda >= 2 f may oscillate."""
+    eta lambda >= 2 f may oscillate.
+
+    optimizer "rmsprop": the discrete run is RMSProp and the flows are its stable and
+    central flows (module docstring), with hyperparameters "beta2" and "eps" (traced,
+    defaults `beta2`, `eps`); nu0: None starts nu at grad L(theta_0)^2, a positive float
+    at that constant (nu0=1, beta2=1, eps=0 is GD)."""
+    require(optimizer in ("gd", "rmsprop"), "optimizer", f"got {optimizer!r}", "use 'gd' or 'rmsprop'")
+    rms = optimizer == "rmsprop"
+    require(nu0 is None or (isinstance(nu0, (int, float)) and not isinstance(nu0, bool) and nu0 > 0), "nu0",
+            f"got {nu0!r}", "use None (grad L(theta_0)^2) or a positive float")
+    if rms:
+        require(beta2 in UNIT, "beta2", f"got {beta2!r}", "use a moving-average coefficient in [0, 1]")
+        require(eps in Range(0), "eps", f"got {eps!r}", "use eps >= 0")
     require(isinstance(model, Model), "model", f"got {type(model).__name__}", "build one with engine.models.mlp(...)")
     check_dataset(data)
     init = scaled(model) if init is None else init
     require(isinstance(init, Initializer), "init", f"got {init!r}", "use a scheme from engine.init")
-    require("lr" not in init.defaults, "init", "the initializer has a hyperparameter 'lr'", "rename it")
+    for name in ("lr", "beta2", "eps") if rms else ("lr",):
+        require(name not in init.defaults, "init", f"the initializer has a hyperparameter {name!r}", "rename it")
     loss_fn = loss_function(loss) if isinstance(loss, str) else loss
     require(callable(loss_fn), "loss", f"got {loss!r}", "use 'mse', 'cross_entropy' or a function")
     for field, v in (("steps", steps), ("every", every)):
@@ -308,7 +414,7 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
     lanczos_iters = min(3 * k + 4, n_params) if lanczos_iters is None else lanczos_iters
     check_flow(k, substeps, stable_substeps, lanczos_iters, solver_iters, threshold, n_params)
     record_steps = np.unique(np.minimum(np.arange(0, steps + every, every), steps))
-    defaults = {**init.defaults, "lr": lr}
+    defaults = {**init.defaults, "lr": lr, **({"beta2": beta2, "eps": eps} if rms else {})}
 
     def unravel(flat):
         zeros = jax.tree.map(lambda l: jnp.zeros(l.shape, flat.dtype), params_shape)
@@ -320,6 +426,13 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
     def velocity(state, data, w, U, X, key, dt):
         return central_velocity(flat_loss(data), w, state.lr, U, X, key, dt, lanczos_iters, solver_iters, threshold)
 
+    def rms_velocity(state, data, w, nu, V, X, key, dt):
+        return rmsprop_velocity(flat_loss(data), w, nu, state.lr, state.hyper["beta2"], state.hyper["eps"], V, X,
+                                key, dt, lanczos_iters, solver_iters, threshold)
+
+    def root(state, nu):  # P^-1/2
+        return jax.lax.rsqrt(jnp.sqrt(nu) + state.hyper["eps"])
+
     def measure(state, data):
         """The records at the state's step: the central flow's from the velocity cached
         at its point; the GD run's and the stable flow's sharpness by one eigen-solve,
@@ -327,11 +440,17 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         L = flat_loss(data)
         keys = jax.random.split(jax.random.fold_in(state.key, state.step), 2)
         v = state.at
-        (s_d, s_s), (v_d, v_s) = jax.vmap(lambda w, v, key: top_eigenpair(L, w, v, key, lanczos_iters))(
-            jnp.stack([state.discrete, state.stable]), jnp.stack([state.v_discrete, state.v_stable]), keys)
+        ws, vs = jnp.stack([state.discrete, state.stable]), jnp.stack([state.v_discrete, state.v_stable])
+        if rms:
+            ds = jnp.stack([root(state, state.nu["discrete"]), root(state, state.nu["stable"])])
+            (s_d, s_s), (v_d, v_s) = jax.vmap(lambda w, v, key, d: top_eigenpair(L, w, v, key, lanczos_iters, d))(
+                ws, vs, keys, ds)
+        else:
+            (s_d, s_s), (v_d, v_s) = jax.vmap(lambda w, v, key: top_eigenpair(L, w, v, key, lanczos_iters))(
+                ws, vs, keys)
         X = v.sdcp.X
         rec = {"loss": v.loss, "predicted_loss": v.loss + 0.5 * jnp.sum(jnp.diag(X) * v.values),
-               "oscillation_variance": jnp.trace(X), "sharpness": v.values[0], "eigenvalues": v.values,
+               "oscillation_variance": v.variance if rms else jnp.trace(X), "sharpness": v.values[0], "eigenvalues": v.values,
                "unstable": jnp.sum(jnp.diag(X) > 1e-6 * jnp.maximum(jnp.trace(X), 1e-30)).astype(v.loss.dtype),
                "sdcp_residual": v.sdcp.residual, "eig_residual": v.eig_residual,
                "discrete_loss": L(state.discrete), "discrete_sharpness": s_d,
@@ -348,6 +467,9 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 7)
         dt = 1.0 / substeps
 
+        if rms:
+            return rms_step(state, data, L, key, dt)
+
         def sub(carry, i):  # an Euler substep, then the velocity at its end
             w, at = carry
             w = w + dt * at.dw
@@ -358,14 +480,48 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         stable = jax.lax.fori_loop(0, stable_substeps, lambda _, w: w - ds * state.lr * jax.grad(L)(w),
                                    state.stable)
         discrete = state.discrete - state.lr * jax.grad(L)(state.discrete)
+        return finish(state, L, central, discrete, stable, at, None)
+
+    def rms_step(state, data, L, key, dt):
+        """One RMSProp step of the discrete run (nu <- beta2 nu + (1 - beta2) g^2, then
+        w <- w - eta g / (sqrt(nu) + eps); no momentum, no bias correction), and one
+        step's worth of its two flows (Euler on (w, nu))."""
+        beta2, eps = state.hyper["beta2"], state.hyper["eps"]
+
+        def sub(carry, i):
+            w, nu, at = carry
+            w, nu = w + dt * at.dw, nu + dt * at.dnu
+            return (w, nu, rms_velocity(state, data, w, nu, at.vectors, at.sdcp.X, jax.random.fold_in(key, i),
+                                        dt)), None
+
+        (central, nu_c, at), _ = jax.lax.scan(sub, (state.central, state.nu["central"], state.at),
+                                              jnp.arange(substeps))
+        ds = 1.0 / stable_substeps
+
+        def stable_sub(_, carry):
+            w, nu = carry
+            g = jax.grad(L)(w)
+            return w - ds * state.lr * g / (jnp.sqrt(nu) + eps), nu + ds * (1.0 - beta2) * (g * g - nu)
+
+        stable, nu_s = jax.lax.fori_loop(0, stable_substeps, stable_sub, (state.stable, state.nu["stable"]))
+        g = jax.grad(L)(state.discrete)
+        nu_d = beta2 * state.nu["discrete"] + (1.0 - beta2) * g * g
+        discrete = state.discrete - state.lr * g / (jnp.sqrt(nu_d) + eps)
+        return finish(state, L, central, discrete, stable, at, {"central": nu_c, "discrete": nu_d, "stable": nu_s})
+
+    def finish(state, L, central, discrete, stable, at, nu):
+        """The step's bookkeeping: a run whose new point is not finite stops, flagged."""
         running = ~state.diverged & (state.step < steps)
         bad = ~(jnp.isfinite(L(central)) & jnp.isfinite(L(discrete)) & jnp.isfinite(L(stable))
                 & jnp.all(jnp.isfinite(central)))
+        if nu is not None:
+            bad = bad | ~jnp.all(jnp.isfinite(jnp.stack(list(nu.values()))))
         move = running & ~bad
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(move, a, b), new, old)
         diverging = running & bad
         return state._replace(central=keep(central, state.central), discrete=keep(discrete, state.discrete),
                               stable=keep(stable, state.stable), at=keep(at, state.at),
+                              nu=state.nu if nu is None else keep(nu, state.nu),
                               step=jnp.minimum(state.step + 1, steps), diverged=state.diverged | diverging,
                               diverged_step=jnp.where(diverging, state.step, state.diverged_step))
 
@@ -379,17 +535,27 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
         U0 = jax.random.normal(kU, (k, n), w0.dtype) / jnp.sqrt(n)  # Lanczos orthonormalizes it
         v0 = jax.random.normal(kv, (1, n), w0.dtype) / jnp.sqrt(n)
         lr = jnp.asarray(hp["lr"], w0.dtype)
+        nu = hyper = None
+        if rms:
+            hyper = {name: jnp.asarray(hp[name], w0.dtype) for name in ("beta2", "eps")}
+            nu_start = jax.grad(flat_loss(data))(w0) ** 2 if nu0 is None else jnp.full_like(w0, nu0)
+            nu = {"central": nu_start, "discrete": nu_start, "stable": nu_start}
 
         def solve(carry, i):  # twice at theta_0: the second settles the random start's eigenvectors
             U, X = carry
-            at = central_velocity(flat_loss(data), w0, lr, U, X, jax.random.fold_in(kv, i), 1.0 / substeps,
-                                  lanczos_iters, solver_iters, threshold)
+            if rms:
+                at = rmsprop_velocity(flat_loss(data), w0, nu["central"], lr, hyper["beta2"], hyper["eps"], U, X,
+                                      jax.random.fold_in(kv, i), 1.0 / substeps, lanczos_iters, solver_iters,
+                                      threshold)
+            else:
+                at = central_velocity(flat_loss(data), w0, lr, U, X, jax.random.fold_in(kv, i), 1.0 / substeps,
+                                      lanczos_iters, solver_iters, threshold)
             return (at.vectors, at.sdcp.X), at
 
         _, ats = jax.lax.scan(solve, (U0, jnp.zeros((k, k), w0.dtype)), jnp.arange(2))
         at = jax.tree.map(lambda a: a[-1], ats)
         state = FlowState(w0, w0, w0, at, v0, v0, lr, None, jnp.int32(0), k_run, jnp.bool_(False), jnp.int32(-1),
-                          jnp.bool_(False), jnp.int32(-1))
+                          jnp.bool_(False), jnp.int32(-1), nu, hyper)
         return measure(state, data)
 
     def advance(state, data, intervals: int, start=0):
@@ -402,11 +568,13 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
     config = {"model": model.name, "layer_shapes": model.layer_shapes or (), "n_params": n_params,
               "data_shape": list(data.x.shape), "loss": loss if isinstance(loss, str) else getattr(loss, "__name__",
                                                                                                   "custom"),
-              "optimizer": "gd", "init": init.name, "steps": steps, "every": every, "probes": list(VARIABLES),
+              "optimizer": optimizer, "init": init.name, "steps": steps, "every": every, "probes": list(VARIABLES),
               "flow": {"k": k, "substeps": substeps, "stable_substeps": stable_substeps,
-                       "lanczos_iters": lanczos_iters, "solver_iters": solver_iters, "threshold": threshold},
+                       "lanczos_iters": lanczos_iters, "solver_iters": solver_iters, "threshold": threshold,
+                       **({"nu0": nu0} if rms else {})},
               "defaults": dict(defaults)}
-    ranges = {**{name: FINITE for name in init.defaults}, "lr": POSITIVE}
+    ranges = {**{name: FINITE for name in init.defaults}, "lr": POSITIVE,
+              **({"beta2": UNIT, "eps": Range(0)} if rms else {})}
     coords = {"layer": [name for name, _ in layers(params_shape)], "eig": list(range(k))}
 
     def loss_at(params):
@@ -417,5 +585,6 @@ def flow_simulation(model: Model, data: Dataset, loss="mse", init: Initializer |
 
 
 __all__ = ["FlowState", "SDCPSolution", "Velocity", "central_velocity", "check_flow", "flow_simulation",
-           "pair_gradients", "project_psd", "sdcp_residual", "single_sigma2", "solve_sdcp", "third_derivative",
+           "pair_gradients", "project_psd", "rmsprop_terms", "rmsprop_velocity", "sdcp_residual", "single_sigma2",
+           "single_sigma2_rmsprop", "solve_sdcp", "third_derivative",
            "top_eigenpair"]

@@ -41,3 +41,22 @@ def test_the_paper_preset_keeps_the_first_examples_of_the_first_four_classes(tmp
     d = central_flows.dataset(config)
     assert d.x.shape == (30, 12) and d.y.shape == (30, 4)
     np.testing.assert_array_equal(np.asarray(d.y).argmax(1), labels[labels < 4][:30])
+
+
+def test_the_rmsprop_central_flow_holds_the_preconditioned_edge(tmp_path):
+    """--set optimizer=rmsprop (beta2 0.99, eps 1e-8, nu_0 = grad L(theta_0)^2), eta 0.003,
+    400 steps, k = 2: the same claims on the preconditioned sharpness mu_1 (of P^-1 H).
+    Measured (float32, 47 s on 2 busy cores): the edge at step 59, then |eta mu_1 / 2 - 1|
+    <= 2.3e-4 (SDCP residual <= 6e-7); over steps 159-300 the predicted loss is 10.1% off
+    RMSProp's smoothed loss, the central flow's own loss 14.8%, the stable flow's 51%
+    (the prediction's margin is smaller than for GD, so the test asks less: < 15%, and
+    below both); the distance ratio grows 0.99 -> 9.7."""
+    config = {**central_flows.PRESETS["quick"], "optimizer": "rmsprop", "lrs": [0.003], "seeds": 1, "steps": 400,
+              "k": 2, "solver_iters": 30, "stable_substeps": 8}
+    experiment.run(central_flows, config, tmp_path, progress=False)
+    m = json.loads((tmp_path / "summary.json").read_text())["per_run"]["seed=0,lr=0.003"]
+    assert m["t_edge"] is not None and 20 < m["t_edge"] < 150, m
+    assert m["edge_deviation"] < 1e-3 and m["sdcp_residual_max"] < 1e-5, m
+    assert m["predicted_loss_error"] < 0.15, m
+    assert m["predicted_loss_error"] < min(0.25 * m["stable_loss_error"], m["central_loss_error"]), m
+    assert m["distance_ratio_end"] > 3 * m["distance_ratio_at_edge"], m
