@@ -32,11 +32,22 @@ Claims, per run, from the saved arrays (every seed and step size must pass):
   ||w_GD - w_stable|| / ||w_GD - w_central|| at the end is at least `departure_ratio`
   times its value at t_edge.
 
+`--preset quick_chebyshev`: the engine's edge-of-stability network, Cohen et al. 2021's
+1-100-1 tanh MLP without output bias on chebyshev-3-20 (`init.cohen_small`), GD at eta
+0.1 and 0.15 (this module's squared error has no 1/2: edge_of_stability's 0.2 and 0.3),
+3000 steps, 2 seeds, k = 2; 2 min on 2 busy cores. Measured: the central flow reaches
+the edge at steps 1508 / 1563 (eta 0.1) and 551 / 517 (eta 0.15) and holds eta
+lambda_1 = 2 to 1.3e-6; the distance ratio grows from 1.1-1.4 to 6.6-71. But GD here
+does not oscillate about the flow: it cycles through catapult-like spikes every ~150
+steps (loss 0.03 -> 0.2-0.4 -> 0.03), which a 50-step smoothing does not average out,
+and the predicted loss sits 22-41% from the smoothed loss (0.036-0.041 against a
+smoothed mean near 0.03 at eta 0.1): the loss claims fail on this network (the stable
+flow is 36-61% off, better than the prediction in one run of four).
+
 Quick preset (the reference's small CPU setting, `central_flows_jax/examples`): a
 3-layer swish (silu) MLP 8-16-16-1 on 128 Gaussian points in R^8 with standard Gaussian
 targets, GD at eta 0.1 (and 0.15), 1000 steps, 2 seeds; about 2 minutes on 2 busy cores
-(103 s of sweep, most of it compiling). The engine's chebyshev EoS network is not run
-here (not done). Measured (float32, every run): the central flow reaches the edge at
+(103 s of sweep, most of it compiling). Measured (float32, every run): the central flow reaches the edge at
 step 326 / 385 (eta 0.1) and 182 / 198 (eta 0.15); after it |eta lambda_1 / 2 - 1| <=
 1.8e-6, SDCP residuals <= 8e-8; over the edge phase the predicted loss is within 0.8-1.9%
 (mean relative error) of GD's loss smoothed over 50 steps, where the central flow's own
@@ -81,7 +92,7 @@ import numpy as np
 import xarray as xr
 from scipy.ndimage import gaussian_filter1d
 
-from engine import data, experiment, flows, models, plot, sweep
+from engine import data, experiment, flows, init, models, plot, sweep
 from engine.errors import COUNT, POSITIVE, Range, require
 
 NAME = "central_flows"
@@ -91,6 +102,11 @@ PRESETS = {
               "stable_substeps": 16, "solver_iters": 50, "smoothing": 50.0, "edge_tolerance": 0.01,
               "loss_tolerance": 0.1, "departure_ratio": 3.0, "optimizer": "gd", "beta2": 0.99,
               "eps": 1e-8},
+    "quick_chebyshev": {"data": "chebyshev-3-20", "n": 20, "input_dim": 1, "data_seed": 0, "widths": [1, 100, 1],
+                        "activation": "tanh", "init": "cohen_small", "output_bias": False, "lrs": [0.1, 0.15],
+                        "seeds": 2, "steps": 3000, "k": 2, "substeps": 4, "stable_substeps": 16,
+                        "solver_iters": 50, "smoothing": 50.0, "edge_tolerance": 0.01, "loss_tolerance": 0.1,
+                        "departure_ratio": 3.0, "optimizer": "gd", "beta2": 0.99, "eps": 1e-8},
     "paper": {"data": "cifar10.npz", "n": 1000, "input_dim": 3072, "data_seed": 0, "widths": [3072, 200, 200, 4],
               "activation": "silu", "lrs": [0.02, 0.0286, 0.04], "seeds": 2, "steps": 3000, "k": 6, "substeps": 4,
               "stable_substeps": 16, "solver_iters": 50, "smoothing": 50.0, "edge_tolerance": 0.01,
@@ -102,6 +118,7 @@ RANGES = {"n": COUNT, "input_dim": COUNT, "data_seed": Range(0, integer=True), "
           "edge_tolerance": POSITIVE, "loss_tolerance": POSITIVE, "departure_ratio": POSITIVE,
           "steps": COUNT, "widths": COUNT, "beta2": Range(0, 1), "eps": Range(0)}
 CLASSES = 4
+INITS = {"scaled": init.scaled, "cohen_small": init.cohen_small}
 
 
 def squared_error(y_pred, y):
@@ -110,6 +127,8 @@ def squared_error(y_pred, y):
 
 
 def dataset(config: dict) -> data.Dataset:
+    if config["data"].startswith("chebyshev"):
+        return data.named(config["data"])
     if config["data"] == "gaussian":
         kx, ky = jax.random.split(jax.random.key(config["data_seed"]))
         x = jax.random.normal(kx, (config["n"], config["input_dim"]))
@@ -129,8 +148,11 @@ def build(config: dict):
             f"between the smoothing margins of {2 * config['smoothing']:g} steps", "train longer or smooth less")
     require(config["optimizer"] in ("gd", "rmsprop"), "optimizer", f"got {config['optimizer']!r}",
             "use 'gd' or 'rmsprop' (--set optimizer=rmsprop)")
-    model = models.mlp(tuple(config["widths"]), config["activation"])
-    return flows.flow_simulation(model, dataset(config), squared_error, lr=float(config["lrs"][0]),
+    scheme = config.get("init", "scaled")
+    require(scheme in INITS, "init", f"got {scheme!r}", f"use one of {', '.join(INITS)}")
+    model = models.mlp(tuple(config["widths"]), config["activation"], output_bias=config.get("output_bias"))
+    return flows.flow_simulation(model, dataset(config), squared_error, INITS[scheme](model),
+                                 lr=float(config["lrs"][0]),
                                  steps=config["steps"], every=1, k=config["k"], substeps=config["substeps"],
                                  stable_substeps=config["stable_substeps"], solver_iters=config["solver_iters"],
                                  **({"optimizer": "rmsprop", "beta2": float(config["beta2"]),
