@@ -120,10 +120,10 @@ def std_label(config) -> str:
 def build(config: dict):
     """(d_model, kind) -> Simulation, kind "fan_in" (init.fan_in_power) or "std"
     (init.constant_std); weight decay and the init's scale are traced."""
-    for g, wd in (SMALL, LARGE):
-        require(g in config["gammas"] and wd in config["weight_decays"], "gammas",
-                f"the paper's (gamma, weight decay) = ({g:g}, {wd:g}) is not in gammas x weight_decays",
-                "keep 0.5 and 1.0 in gammas and 0.1 and 1.0 in weight_decays")
+    for field, paper in (("gammas", (SMALL[0], LARGE[0])), ("weight_decays", (SMALL[1], LARGE[1]))):
+        require(all(v in config[field] for v in paper), field,
+                f"{config[field]} lacks one of {list(paper)}, the paper's small and large complexity",
+                f"keep {paper[0]:g} and {paper[1]:g} in {field}")
     table, d, _ = anchor_functions.task({**config, "probe_count": 1})
     x_fresh, y_fresh = anchor_functions.fresh_sequences(config)
     require(config["batch_size"] <= d.n, "batch_size", f"{config['batch_size']} > {d.n} training sequences",

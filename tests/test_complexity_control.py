@@ -36,6 +36,7 @@ def test_standard_init_complexity_grows_with_width_faster_than_small_complexity(
 
 def test_bad_config_fails_before_compiling(tmp_path):
     for bad, field in (({"gammas": [0.0, 1.0]}, "gammas"), ({"gammas": [0.6, 1.0]}, "gammas"),
+                       ({"weight_decays": [0.1]}, "weight_decays"),
                        ({"std": 0.0}, "std"), ({"widths": [16, 0]}, "widths"), ({"heads": 3}, "heads")):
         with pytest.raises(ConfigError, match=field):
             experiment.run(cc, {**SMALL_CONFIG, **bad}, tmp_path / field)
