@@ -14,6 +14,7 @@ MLP schemes draw W_l = std_l * Z with Z ~ N(0, 1) in the layout of `engine.model
 - `fan_in_power`: any model (flax ones too): every weight matrix and embedding
                  N(0, (d_in^-gamma)^2), d_in its input dimension; biases 0, LayerNorm
                  scales 1 (Zhang et al. 2024's initialization rate gamma for transformers);
+- `constant_std`: the same leaves N(0, init_std^2), one std at every width (GPT-2's 0.02);
 - `luo`:         two-layer (gamma, gamma') of Luo et al. 2021 (JMLR 22(71));
 - `antisymmetric(scheme)`: mirrors the last hidden layer with negated output weights,
                  so f(x; theta_0) = 0 up to rounding (Zhang et al. 2020, Luo et al. 2021).
@@ -207,17 +208,10 @@ def _names(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
 
 
-def fan_in_power(model: Model, gamma: float = 0.5) -> Initializer:
-    """Every weight matrix and embedding W ~ N(0, (d_in^-gamma)^2), d_in its input
-    dimension (`fan_in`); biases 0 and LayerNorm scales 1. gamma (hyperparameter
-    "gamma", traced: a sweep over gamma is one program) is the initialization rate of
-    Zhang, Lin, Wang, Zhang & Xu 2024 ("Initialization is critical to whether
-    transformers fit composite functions by reasoning or memorizing"): the larger
-    gamma, the smaller the initialization; gamma = 0.5 is LeCun's 1/sqrt(d_in). Any
-    model: the pytree of `model.init` is redrawn leaf by leaf (flax's names: "kernel",
-    "embedding", "bias", "scale"; an MLP's "w", "b")."""
-    require(isinstance(gamma, (int, float)) and gamma > 0, "gamma", f"got {gamma!r}",
-            "use an initialization rate gamma > 0 (std = d_in^-gamma; 0.5 is LeCun's)")
+def _redraw(model: Model, name: str, defaults: dict, std) -> Initializer:
+    """Every weight matrix and embedding of `model.init`'s pytree redrawn as
+    std(d_in, hp) * Z, Z ~ N(0, 1), d_in its input dimension (`fan_in`); biases 0 and
+    LayerNorm scales 1."""
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
     fans = [fan_in(_names(path), leaf.shape) for path, leaf in leaves]
@@ -230,6 +224,29 @@ def fan_in_power(model: Model, gamma: float = 0.5) -> Initializer:
                 one = _names(path)[-1] == "scale"
                 drawn.append(jnp.full(leaf.shape, 1.0 if one else 0.0, leaf.dtype))
             else:
-                drawn.append(jnp.power(float(d), -hp["gamma"]) * jax.random.normal(k, leaf.shape, leaf.dtype))
+                drawn.append(std(float(d), hp) * jax.random.normal(k, leaf.shape, leaf.dtype))
         return jax.tree_util.tree_unflatten(tree, drawn)
-    return Initializer("fan_in_power", {"gamma": float(gamma)}, sample)
+    return Initializer(name, defaults, sample)
+
+
+def fan_in_power(model: Model, gamma: float = 0.5) -> Initializer:
+    """Every weight matrix and embedding W ~ N(0, (d_in^-gamma)^2), d_in its input
+    dimension (`fan_in`); biases 0 and LayerNorm scales 1. gamma (hyperparameter
+    "gamma", traced: a sweep over gamma is one program) is the initialization rate of
+    Zhang, Lin, Wang, Zhang & Xu 2024 ("Initialization is critical to whether
+    transformers fit composite functions by reasoning or memorizing"): the larger
+    gamma, the smaller the initialization; gamma = 0.5 is LeCun's 1/sqrt(d_in). Any
+    model: the pytree of `model.init` is redrawn leaf by leaf (flax's names: "kernel",
+    "embedding", "bias", "scale"; an MLP's "w", "b")."""
+    require(isinstance(gamma, (int, float)) and gamma > 0, "gamma", f"got {gamma!r}",
+            "use an initialization rate gamma > 0 (std = d_in^-gamma; 0.5 is LeCun's)")
+    return _redraw(model, "fan_in_power", {"gamma": float(gamma)}, lambda d, hp: jnp.power(d, -hp["gamma"]))
+
+
+def constant_std(model: Model, std: float = 0.02) -> Initializer:
+    """Every weight matrix and embedding W ~ N(0, init_std^2) whatever its width (the
+    GPT-2 / "standard" LLM initialization, std 0.02); biases 0 and LayerNorm scales 1,
+    as `fan_in_power`, which it complements: there std = d_in^-gamma shrinks with width,
+    here it does not. Hyperparameter "init_std" (traced). Any model."""
+    require(isinstance(std, (int, float)) and std > 0, "init_std", f"got {std!r}", "use a standard deviation > 0")
+    return _redraw(model, "constant_std", {"init_std": float(std)}, lambda d, hp: hp["init_std"])
