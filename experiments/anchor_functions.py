@@ -147,15 +147,10 @@ def build(config: dict):
 
 
 def run_sweep(config: dict, **options):
-    """One sweep (one program) per depth, joined on `depth`: the attention maps' `block`
-    dim differs in size between depths, which `sweep(static=...)`'s combine by coordinates
-    cannot align, so they are concatenated here (outer join: NaN past a run's depth)."""
-    at_depth, grid = build(config), {"gamma": [float(g) for g in config["gammas"]]}
-    parts = [sweep.sweep(at_depth(int(d)), grid=grid, seeds=config["seeds"], name=f"depth_{int(d)}", **options)
-             for d in config["depths"]]
-    ds = xr.concat([p.expand_dims(depth=[int(d)]) for p, d in zip(parts, config["depths"])], "depth", join="outer",
-                   combine_attrs="drop_conflicts")
-    return ds.transpose("seed", "depth", "gamma", "step", ...)
+    """One program per depth (static), joined on `depth` by the sweep: the attention
+    maps' `block` dim is NaN past a run's depth."""
+    return sweep.sweep(build(config), static={"depth": [int(d) for d in config["depths"]]},
+                       grid={"gamma": [float(g) for g in config["gammas"]]}, seeds=config["seeds"], **options)
 
 
 def attention_measures(A: np.ndarray, position: np.ndarray) -> dict:
