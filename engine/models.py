@@ -97,6 +97,42 @@ def dropout(h, rate, key):
     return jnp.where(keep, h * scale, jnp.zeros((), h.dtype))
 
 
+@jax.custom_jvp
+def softmax(x):
+    """softmax over the last axis, y = e * (1 / sum e) with e = exp(x - max x), and
+    its derivative written out, dy = y * (dx - <y, dx>) (`jax.nn.softmax` with
+    `jax_softmax_custom_jvp`). Differentiating through y = e / sum e instead leaves a
+    division by a broadcast sum in the backward pass, which XLA rewrote as a product
+    with the reciprocal in one compiled program and not in another: a transformer run
+    on 8 simulated devices drifted from the same run on one. Written with the
+    reciprocal and no division by a broadcast, there is nothing left to rewrite."""
+    e = jnp.exp(x - jax.lax.stop_gradient(x.max(-1, keepdims=True)))
+    return e * (1.0 / e.sum(-1, keepdims=True))
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = softmax(x)
+    return y, y * (dx - (y * dx).sum(-1, keepdims=True))
+
+
+def dot_product_attention(query, key, value, mask=None, module=None):
+    """softmax(q k^T / sqrt(d) + mask) v for q, k, v: [..., length, heads, d] ->
+    [..., q_length, heads, d]: flax's `nn.dot_product_attention` (no dropout on the
+    weights) with `softmax` above, as the `attention_fn` of `nn.MultiHeadDotProductAttention`.
+    The weights [..., heads, q_length, k_length] are sown as flax's are
+    ("intermediates/attention_weights") when the module asks for them."""
+    depth = query.shape[-1]
+    logits = jnp.einsum("...qhd,...khd->...hqk", query / jnp.sqrt(depth).astype(query.dtype), key)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = softmax(logits)
+    if module is not None:
+        module.sow("intermediates", "attention_weights", weights)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value)
+
+
 def dense(h, w):
     """h @ w for h: [n, fan_in], w: [fan_in, fan_out]. A contraction of length one (a
     1-D input) is written as the outer product it is: exact, and under `jax.vmap` over
@@ -249,7 +285,8 @@ def transformer(vocab: int, seq_len: int, out_dim: int | None = None, d_model: i
             h = h + self.param("position", nn.initializers.normal(0.02), (seq_len, d_model))
             mask = nn.make_causal_mask(tokens)
             for i in range(depth):
-                h = h + drop(nn.MultiHeadDotProductAttention(heads)(norm(h), mask=mask, sow_weights=sow), 2 * i)
+                h = h + drop(nn.MultiHeadDotProductAttention(heads, attention_fn=dot_product_attention)(
+                    norm(h), mask=mask, sow_weights=sow), 2 * i)
                 z = nn.Dense(mlp_ratio * d_model)(norm(h))
                 h = h + drop(nn.Dense(d_model)(act(z)), 2 * i + 1)
             return nn.Dense(out_dim)(norm(h[:, -1] if readout == "last" else h))

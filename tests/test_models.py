@@ -136,3 +136,22 @@ def test_next_token_cross_entropy_averages_over_unmasked_positions_and_trains_in
     assert loss[0] > 1.5 and loss[-1] < 0.1 * loss[0], loss  # x -> x + 1 mod 7 is learnt at every position
     with pytest.raises(models.ConfigError, match="positions"):
         simulate.simulation(model, data.Dataset(d.x, d.y[:, :3]), "next_token_cross_entropy", optim.adam())
+
+
+def test_softmax_and_its_closed_form_derivative_equal_jax_nn_softmax():
+    """`models.softmax` (the transformer's attention softmax, differentiated by its
+    closed form so the sharded program rounds as the one-device one) is jax.nn.softmax:
+    values, masked rows (finfo.min logits get weight 0), and in float64 the gradient of
+    a weighted sum of it and a Hessian-vector product."""
+    x = jax.random.normal(jax.random.key(0), (3, 4, 6)) * 3
+    x = x.at[:, :, -2:].set(jnp.finfo(x.dtype).min)
+    np.testing.assert_allclose(models.softmax(x), jax.nn.softmax(x), rtol=1e-6, atol=1e-30)
+    assert float(models.softmax(x)[..., -2:].max()) == 0.0
+    with jax.enable_x64(True):
+        x64 = jax.random.normal(jax.random.key(1), (5, 7), jnp.float64)
+        c = jax.random.normal(jax.random.key(2), (5, 7), jnp.float64)
+        f = lambda s: lambda z: jnp.sum(c * s(z) ** 2)
+        np.testing.assert_allclose(jax.grad(f(models.softmax))(x64), jax.grad(f(jax.nn.softmax))(x64), rtol=1e-12)
+        v = jax.random.normal(jax.random.key(3), (5, 7), jnp.float64)
+        hvp = lambda s: jax.jvp(jax.grad(f(s)), (x64,), (v,))[1]
+        np.testing.assert_allclose(hvp(models.softmax), hvp(jax.nn.softmax), rtol=1e-10, atol=1e-14)
