@@ -9,7 +9,7 @@ from experiments import edge_of_stability as eos
 
 def test_gd_sharpens_to_two_over_eta_and_hovers_there(tmp_path):
     config = {**eos.PRESETS["quick"], "seeds": 3, "steps": 4000}
-    summary = experiment.run(eos, config, tmp_path, progress=False)
+    experiment.run(eos, config, tmp_path, progress=False)
     assert {"results.nc", "config.json", "summary.json", "edge_of_stability.png"} <= {p.name for p in tmp_path.iterdir()}
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["diverged_runs"] == 0

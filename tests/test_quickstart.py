@@ -7,7 +7,7 @@ from experiments import quickstart
 def test_quickstart_small_writes_the_contract_files_and_finds_both_regimes(tmp_path):
     config = {**quickstart.PRESETS["quick"], "gammas": [0.25, 1.75], "widths": [50, 100, 200, 400],
               "seeds": 2, "steps": 8000}
-    summary = experiment.run(quickstart, config, tmp_path, progress=False)
+    experiment.run(quickstart, config, tmp_path, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
     assert {"results.nc", "config.json", "summary.json", "rd_vs_width.png"} <= names
     saved = json.loads((tmp_path / "summary.json").read_text())

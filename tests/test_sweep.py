@@ -7,7 +7,6 @@ import textwrap
 import jax
 import jax.monitoring
 import numpy as np
-import pytest
 import xarray as xr
 
 from engine import sweep
