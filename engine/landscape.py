@@ -9,6 +9,10 @@ of Neural Nets"), the whole grid one compiled, batched evaluation.
                                             [len(grid)] * len(dirs)
     curvature_at_centre(values, grid)       the second difference at a = 0 along each
                                             direction: ~ d^T H d
+    stepped_curvature(values, fine)         the same at each step size of a symmetric
+                                            grid: how d^T H d reads as the step shrinks
+    kink_distance(params, d, x)             how far along d the first ReLU kink of a
+                                            two-layer network on x lies
 
 Filter normalization (their Section 4): a Gaussian direction d is rescaled filter by
 filter so that each filter has the norm of the same filter of theta,
@@ -119,3 +123,31 @@ def curvature_at_centre(values, grid) -> np.ndarray:
         line = values[(c,) * axis + (slice(None),) + (c,) * (values.ndim - axis - 1)]
         out.append(2 * (h_ * line[c + 1] + h * line[c - 1] - (h + h_) * line[c]) / (h * h_ * (h + h_)))
     return np.asarray(out)
+
+
+def stepped_curvature(values, fine) -> np.ndarray:
+    """[steps, directions]: `curvature_at_centre` on each symmetric pair of the grid
+    `fine` = (-h_m, ..., -h_1, 0, h_1, ..., h_m) around the centre of `values` ([m'] or
+    [m', m'] from `slice_loss` on `fine`), from the smallest step h_1 to the largest: a
+    smooth loss gives d^T H d at every step (to O(h^2)), a kink within h changes it."""
+    g = check_grid(fine)
+    values = np.asarray(values, float)
+    c = g.size // 2
+    require(g.size % 2 == 1 and g[c] == 0 and np.allclose(g[c + 1:], -g[:c][::-1]), "landscape.fine",
+            "is not symmetric about a 0 at its centre", "use concatenate([-steps[::-1], [0], steps])")
+    out = []
+    for j in range(1, c + 1):
+        pick = np.array([c - j, c, c + j])
+        out.append(curvature_at_centre(values[np.ix_(*[pick] * values.ndim)], g[pick]))
+    return np.asarray(out)
+
+
+def kink_distance(params, d, x) -> float:
+    """The parameter distance along direction d to the nearest ReLU kink of a training
+    point in the first layer of an `engine.models.mlp` (params[0] = {"w", "b"}): the
+    least a ||d|| over units k and examples i with w_k x_i + b_k + a (dw_k x_i + db_k) =
+    0. A second difference with a step below it sees the loss as smooth."""
+    pre = x @ params[0]["w"] + params[0]["b"]
+    rate = x @ d[0]["w"] + d[0]["b"]
+    a = jnp.abs(pre) / jnp.maximum(jnp.abs(rate), jnp.finfo(pre.dtype).tiny)
+    return float(jnp.min(a) * jnp.linalg.norm(ravel_pytree(d)[0]))

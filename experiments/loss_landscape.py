@@ -25,7 +25,7 @@ Around each run's final theta* (every seed, every gamma) we compute
   (`landscape.curvature_at_centre`) with steps `fine_steps` in parameter distance
   (a ladder 1e-5 ... 1e-2), the quadratic form d^T H d from one Hessian-vector product
   (`curvature.hvp`), and the parameter distance along d to the nearest ReLU kink on a
-  training point (`kink_distance`).
+  training point (`landscape.kink_distance`).
 
 Claims, judged at the step `claim_step` = 1e-5, with tolerances we chose:
 (1) along the top eigenvector, (second difference) / ||d||^2 equals the sharpness the
@@ -123,27 +123,6 @@ def grid_of(config: dict) -> np.ndarray:
     return np.linspace(-config["radius"], config["radius"], config["points"])
 
 
-def kink_distance(params, d, x) -> float:
-    """Parameter distance along d to the nearest ReLU kink on a training point: the
-    least a ||d|| with w_k x_i + b_k + a (dw_k x_i + db_k) = 0 (first layer of the
-    two-layer network). The second difference at a step below it sees no kink."""
-    pre = x @ params[0]["w"] + params[0]["b"]
-    rate = x @ d[0]["w"] + d[0]["b"]
-    a = jnp.abs(pre) / jnp.maximum(jnp.abs(rate), jnp.finfo(pre.dtype).tiny)
-    return float(jnp.min(a) * jnp.linalg.norm(ravel_pytree(d)[0]))
-
-
-def second_differences(values, fine) -> np.ndarray:
-    """[steps, directions]: `landscape.curvature_at_centre` on each symmetric pair of
-    `fine` (= -steps[::-1], 0, steps) around the centre of `values`."""
-    c = len(fine) // 2
-    out = []
-    for j in range(1, c + 1):
-        pick = np.array([c - j, c, c + j])
-        out.append(landscape.curvature_at_centre(values[np.ix_(*[pick] * values.ndim)], fine[pick]))
-    return np.asarray(out)
-
-
 def around(sim, params, key, config: dict) -> dict:
     """The slices and curvatures around one minimum `params` (see the module docstring)."""
     k_dirs, k_eig = jax.random.split(key)
@@ -156,12 +135,12 @@ def around(sim, params, key, config: dict) -> dict:
     top_line = np.asarray(landscape.slice_loss(sim.loss_at, params, dirs[2:], grid))
     steps = np.asarray(config["fine_steps"], float)  # in parameter distance, so in a: steps / ||d||
     fine = np.concatenate([-steps[::-1], [0.0], steps]) / norm
-    second = np.concatenate([second_differences(np.asarray(landscape.slice_loss(sim.loss_at, params, ds, fine)), fine)
+    second = np.concatenate([landscape.stepped_curvature(landscape.slice_loss(sim.loss_at, params, ds, fine), fine)
                              for ds in (dirs[:2], dirs[2:])], axis=1)
     form = [float(jnp.vdot(ravel_pytree(d)[0], ravel_pytree(curvature.hvp(sim.loss_at, params, d))[0])) for d in dirs]
     return {"slice_2d": surface, "slice_1d": np.stack([surface[:, c], surface[c, :], top_line]),
             "second_difference": second, "quadratic_form": np.asarray(form), "direction_norm": norm,
-            "kink_distance": np.array([kink_distance(params, d, sim.data.x) for d in dirs]),
+            "kink_distance": np.array([landscape.kink_distance(params, d, sim.data.x) for d in dirs]),
             "top_eigenvalue": float(eig.values[0]), "top_residual": float(eig.residuals[0])}
 
 

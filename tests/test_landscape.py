@@ -73,6 +73,7 @@ def test_saved_parameters_are_read_back_and_a_missing_step_is_refused():
     (lambda p: landscape.slice_loss(lambda q: 0.0, p, landscape.directions(jax.random.key(0), p, 1), [0.0]),
      "landscape.grid"),
     (lambda p: landscape.check_grid([-1.0, -0.5, 0.5]), "landscape.grid"),
+    (lambda p: landscape.stepped_curvature(np.zeros(3), [-1e-3, 0.0, 2e-3]), "landscape.fine"),
 ])
 def test_bad_input_is_refused(call, field):
     _, params = _setup()
@@ -90,3 +91,34 @@ def test_snapshots_are_kept_in_float64_too():
         p = landscape.saved_params(sim, ds, 40, seed=0)
         assert ravel_pytree(p)[0].dtype == jnp.float64
         assert float(sim.loss_at(p)) == pytest.approx(float(ds.loss.sel(step=40, seed=0)), rel=1e-12)
+
+
+def test_stepped_curvature_reads_a_quadratic_exactly_at_every_step_and_a_kink_only_beyond_it():
+    """On L(a, b) = 3 a^2 + a b - b^2 every step gives (6, -2); on |a - 0.01| + a^2 the
+    steps below the kink at 0.01 give 2, the ones beyond it more (the kink's 1/h)."""
+    steps = np.array([1e-4, 1e-3, 1e-1])
+    fine = np.concatenate([-steps[::-1], [0.0], steps])
+    a, b = np.meshgrid(fine, fine, indexing="ij")
+    np.testing.assert_allclose(landscape.stepped_curvature(3 * a**2 + a * b - b**2, fine), [[6.0, -2.0]] * 3,
+                               rtol=1e-9)
+    kinked = landscape.stepped_curvature(np.abs(fine - 0.01) + fine**2, fine)[:, 0]
+    np.testing.assert_allclose(kinked[:2], 2.0, rtol=1e-6)
+    assert kinked[2] > 10
+
+
+def test_kink_distance_is_where_a_first_layer_preactivation_first_changes_sign():
+    """Brute force: walk a along d in steps of 1e-4 of the predicted distance and find
+    the first sign change of any pre-activation x w + b on the training points."""
+    model = models.mlp((1, 8, 1), "relu")
+    params = model.init(jax.random.key(5))
+    d = landscape.directions(jax.random.key(6), params, 1)[0]
+    d = jax.tree.map(lambda v: v + 0.1, d)  # move the biases too
+    x = data.luo_points().x
+    dist = landscape.kink_distance(params, d, x)
+    norm = float(jnp.linalg.norm(ravel_pytree(d)[0]))
+    w, b, dw, db = (np.asarray(v, float) for v in (params[0]["w"], params[0]["b"], d[0]["w"], d[0]["b"]))
+    x = np.asarray(x, float)
+    a = np.linspace(0, 2 * dist / norm, 20001)[:, None, None]
+    flipped = np.sign(x @ w + b + a * (x @ dw + db)) != np.sign(x @ w + b)   # [a, example, unit]
+    a = float(a[np.argmax(flipped.any(axis=(1, 2))), 0, 0])
+    np.testing.assert_allclose(a * norm, dist, rtol=2e-4)
