@@ -79,8 +79,6 @@ from __future__ import annotations
 
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
@@ -115,28 +113,12 @@ def grid_arrays(t: data.ModularTable):
     return data.one_hot(t.label, p).reshape(p, p, p), t.train.reshape(p, p, 1).astype(np.float32)
 
 
-def spectrum_norm(g, mask=1.0, xp=jnp):
-    """||F_S[g](k)|| over classes: the DFT over the grid axes of g [p, p, classes] masked
-    to S: [p, p]."""
-    return xp.sqrt(xp.sum(xp.abs(xp.fft.fft2(g * mask, axes=(0, 1))) ** 2, axis=-1))
-
-
 def frequency_fit(t: data.ModularTable, encoding: str) -> probes.Probe:
     """train_residual, test_residual: ||F_S[H - Y](k)|| for S = the training / test pairs;
     output_power: ||F_grid[H](k)||^2; H = softmax of the network on every pair. Dims
-    (k_a, k_b)."""
-    p = t.p
-    x = jnp.asarray(data.modular_inputs(t.a, t.b, p, encoding))
-    y, mask = (jnp.asarray(v) for v in grid_arrays(t))
-
-    def measure(snap, state):
-        h = jax.nn.softmax(snap.predict(snap.params, x), axis=-1).reshape(p, p, p)
-        return {"train_residual": spectrum_norm(h - y, mask), "test_residual": spectrum_norm(h - y, 1 - mask),
-                "output_power": spectrum_norm(h) ** 2}, state
-
-    names = ("train_residual", "test_residual", "output_power")
-    return probes.Probe("frequency_fit", measure, {n: FREQ for n in names},
-                        coords={"k_a": np.arange(p), "k_b": np.arange(p)})
+    (k_a, k_b) (`probes.residual_spectrum`)."""
+    return probes.residual_spectrum(data.modular_inputs(t.a, t.b, t.p, encoding), data.one_hot(t.label, t.p),
+                                    t.train, (t.p, t.p), dims=FREQ)
 
 
 def run_sweep(config: dict, **options):
@@ -151,10 +133,10 @@ def run_sweep(config: dict, **options):
     ds = sweep.sweep(sim, grid={"weight_decay": [float(config["weight_decay"])]}, seeds=config["seeds"], **options)
     ds = ds.assign(logit_power=ds.logit_power.rename(logit_power_k0="k_a", logit_power_k1="k_b"))
     y, mask = grid_arrays(t)
-    spectra = {f"target_{s}": (FREQ, spectrum_norm(y, m, np)) for s, m in
+    spectra = {f"target_{s}": (FREQ, probes.grid_spectrum_norm(y, m, np)) for s, m in
                (("train", mask), ("test", 1 - mask), ("grid", 1.0))}
     memorizer = np.where(mask > 0, y, 1.0 / t.p)  # fits the training pairs, knows nothing else
-    return ds.assign(**spectra, memorizer_power=(FREQ, spectrum_norm(memorizer, 1.0, np) ** 2))
+    return ds.assign(**spectra, memorizer_power=(FREQ, probes.grid_spectrum_norm(memorizer, 1.0, np) ** 2))
 
 
 def target_frequencies(ds) -> xr.DataArray:

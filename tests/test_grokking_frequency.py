@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from engine import experiment
+from engine import experiment, probes
 from engine.errors import ConfigError
 from experiments import grokking_frequency as gf
 
@@ -37,10 +37,10 @@ def test_the_target_lives_on_the_diagonal_and_a_perfect_network_has_no_residual(
     config = {**gf.PRESETS["quick"], "p": 7}
     t = gf.table(config)
     y, mask = gf.grid_arrays(t)
-    grid = gf.spectrum_norm(y, 1.0, np)
+    grid = probes.grid_spectrum_norm(y, 1.0, np)
     k_a, k_b = np.nonzero(grid > 1e-4 * grid.max())
     assert np.array_equal(k_a, k_b) and len(k_a) == 7                      # (a + b) mod p: k_a = k_b only
-    minus = gf.spectrum_norm(gf.grid_arrays(gf.table({**config, "op": "-"}))[0], 1.0, np)
+    minus = probes.grid_spectrum_norm(gf.grid_arrays(gf.table({**config, "op": "-"}))[0], 1.0, np)
     k_a, k_b = np.nonzero(minus > 1e-4 * minus.max())
     assert np.array_equal((k_a + k_b) % 7, np.zeros(7))                   # (a - b) mod p: k_a = -k_b
     perfect = types.SimpleNamespace(params=None, predict=lambda params, x: 40.0 * np.asarray(y).reshape(49, 7))

@@ -62,6 +62,9 @@ Built-in probes (names shared by every experiment; `probe(name)` or a factory be
                                           exactly 1 in float32 (Prieto et al. 2025)
     ntk_distance                          1 - <K_t, K_0>_F / (||K_t|| ||K_0||) (Fort et al. 2020)
     output_spectrum(grid_x, grid_shape)   |DFT over the input grid of f|^2 per frequency
+    residual_spectrum(grid_x, targets, train_mask, grid_shape)
+                                          ||F_S[softmax f - Y](k)|| on the training / test points
+                                          of the grid, and ||F[softmax f](k)||^2 (Zhou, Zhang & Xu 2024)
   transformers (Zhang et al. 2024, anchor functions):
     attention_maps(model, x_probe)        attention weights on a fixed probe batch, dims
                                           ("probe", "block", "head", "query", "key"), or
@@ -91,9 +94,10 @@ from engine.probes.hessian import (CAP, TOL, Budget, batch_sharpness, directiona
                                    hessian_extremes, hessian_frobenius, layer_sharpness, minibatch_sharpness,
                                    minibatches, preconditioned_sharpness, sharpness, spectral_density, step_size,
                                    trace)
-from engine.probes.representation import (_per_layer, answer_kinds, attention_maps, held_out_answers, layer_norms,
-                                          logit_norm, loss_change, neuron_weights, ntk_distance, ntk_gram,
-                                          output_spectrum, softmax_collapse, unit_weights)
+from engine.probes.representation import (_per_layer, answer_kinds, attention_maps, grid_spectrum_norm,
+                                          held_out_answers, layer_norms, logit_norm, loss_change, neuron_weights,
+                                          ntk_distance, ntk_gram, output_spectrum, residual_spectrum,
+                                          softmax_collapse, unit_weights)
 
 
 def every(steps: int, what) -> Probe:
@@ -208,8 +212,8 @@ def chain_of(probes) -> Probe:
 
 __all__ = ["BUILTIN", "CAP", "MATMUL_PRECISIONS", "NEEDS", "TOL", "Budget", "Probe", "Snapshot", "answer_kinds",
            "attention_maps", "batch_sharpness", "chain", "chain_of", "directional_curvature", "every", "from_start",
-           "gradient_noise", "held_out_answers", "hessian_extremes", "hessian_frobenius", "layer_norms",
+           "gradient_noise", "grid_spectrum_norm", "held_out_answers", "hessian_extremes", "hessian_frobenius", "layer_norms",
            "layer_sharpness", "logit_norm", "loss_change", "minibatch_sharpness", "minibatches", "neuron_weights",
            "norm", "ntk_distance", "ntk_gram", "on_test", "on_train", "output_spectrum", "preconditioned_sharpness",
-           "probe", "relative_change", "scalar", "sharpness", "softmax_collapse", "spectral_density", "step_size",
+           "probe", "relative_change", "residual_spectrum", "scalar", "sharpness", "softmax_collapse", "spectral_density", "step_size",
            "trace", "unit_weights", "with_dropout_mask", "with_precision", "_key"]

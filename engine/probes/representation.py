@@ -211,3 +211,42 @@ def output_spectrum(grid_x, grid_shape: tuple, name: str = "output_power") -> Pr
         return jnp.sum(jnp.abs(jnp.fft.fftn(f, axes=axes)) ** 2, axis=-1) / f.size
 
     return scalar(name, fn, dims=tuple(f"{name}_k{i}" for i in axes))
+
+
+def grid_spectrum_norm(g, mask=1.0, xp=jnp):
+    """||F_S[g](k)||: the discrete Fourier transform over the grid axes of g [*grid,
+    classes] masked to S (`mask`, broadcast against g: 1 on S, 0 off it), its norm over
+    classes: [*grid]. `xp` = numpy computes it on the host (e.g. for targets)."""
+    axes = tuple(range(g.ndim - 1))
+    return xp.sqrt(xp.sum(xp.abs(xp.fft.fftn(g * mask, axes=axes)) ** 2, axis=-1))
+
+
+def residual_spectrum(grid_x, targets, train_mask, grid_shape: tuple, dims=None, name: str = "frequency_fit") -> Probe:
+    """How the fit of a classifier is spread over the frequencies of its input grid
+    (Zhou, Zhang & Xu 2024: grokking of modular arithmetic read in frequency space).
+    On every grid point (grid_x [prod(grid_shape), ...], e.g. every pair (a, b) of Z_p^2
+    in row-major order, grid_shape (p, p)) H = softmax of the network's outputs and Y =
+    targets [prod(grid_shape), classes] (one-hot), reshaped to [*grid_shape, classes];
+    S = the training points (train_mask [prod(grid_shape)], 1 or True on them). Records
+    train_residual ||F_S[H - Y](k)||, test_residual ||F_{not S}[H - Y](k)|| and
+    output_power ||F[H](k)||^2 (`grid_spectrum_norm`), each with dims `dims` (default
+    f"{name}_k0", f"{name}_k1", ...; coordinates 0 .. n - 1)."""
+    grid_shape = tuple(int(g) for g in grid_shape)
+    size = int(jnp.prod(jnp.array(grid_shape)))
+    for field, v in (("grid_x", grid_x), ("targets", targets), ("train_mask", train_mask)):
+        require(len(v) == size, f"probes.{field}", f"has {len(v)} rows, grid_shape {grid_shape} needs {size}",
+                "give every grid point once, in row-major order")
+    dims = tuple(dims) if dims is not None else tuple(f"{name}_k{i}" for i in range(len(grid_shape)))
+    require(len(dims) == len(grid_shape), "probes.dims", f"got {dims} for a grid of {len(grid_shape)} axes",
+            "name one dimension per grid axis")
+    x = jnp.asarray(grid_x)
+    y = jnp.asarray(targets, jnp.float32).reshape(*grid_shape, -1)
+    mask = jnp.asarray(train_mask, jnp.float32).reshape(*grid_shape, 1)
+
+    def measure(snap, state):
+        h = jax.nn.softmax(snap.predict(snap.params, x), axis=-1).reshape(y.shape)
+        return {"train_residual": grid_spectrum_norm(h - y, mask), "test_residual": grid_spectrum_norm(h - y, 1 - mask),
+                "output_power": grid_spectrum_norm(h) ** 2}, state
+
+    names = ("train_residual", "test_residual", "output_power")
+    return Probe(name, measure, {n: dims for n in names}, coords={d: list(range(g)) for d, g in zip(dims, grid_shape)})
